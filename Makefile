@@ -1,0 +1,50 @@
+# Two commands: `make run` and `make test`. `make setup` is the idempotent set-up both use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+FRONTEND_STAMP := frontend/node_modules/.installed-stamp
+FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
+
+.PHONY: setup run test test-python test-frontend test-browser lint bench clean
+
+setup: $(STAMP) frontend/dist/index.html
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
+	npm ci --prefix frontend --no-audit --no-fund
+	touch $(FRONTEND_STAMP)
+
+frontend/dist/index.html: $(FRONTEND_STAMP) $(FRONTEND_SOURCES)
+	npm run build --prefix frontend
+
+run: setup
+	IOTCLOUD_DEV=1 $(BIN)/iotcloud up --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+	$(BIN)/mypy
+
+test-python: $(STAMP)
+	$(BIN)/pytest -q tests/unit tests/integration
+
+test-frontend: $(FRONTEND_STAMP)
+	npm test --prefix frontend
+
+test-browser: setup
+	$(BIN)/pytest -q tests/browser
+
+test: setup lint test-python test-frontend test-browser
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) frontend/node_modules frontend/dist

@@ -1,0 +1,1 @@
+"""The device side: the device HTTP API and the MQTT bridge (desired out, reported in)."""

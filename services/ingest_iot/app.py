@@ -1,0 +1,114 @@
+"""The ``ingest_iot`` application: device HTTP API, report bridge and desired publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ingest_iot import routes
+from ingest_iot.bridge import ReportBridge
+from ingest_iot.metrics import BROKER_CONNECTED, POOL_SIZE
+from ingest_iot.publisher import DesiredPublisher
+from shared import db
+from shared.mqtt import BrokerLink, parse_mqtt_url
+from shared.services import broker_accounts
+from shared.settings import Settings
+from shared.topics import REPORTED_SUBSCRIPTION, SHARED_GROUP
+from shared.web import (
+    BodyLimitMiddleware,
+    ORJSONResponse,
+    database_ready,
+    install_error_handlers,
+    install_health,
+    install_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+
+def replica_name() -> str:
+    """Stable across restarts of the same replica, so its broker session (and queue) survives."""
+    return (
+        os.environ.get("IOTCLOUD_REPLICA")
+        or f"{socket.gethostname()}-{os.environ.get('INGEST_PORT', '8001')}"
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await db.create_pool(
+            settings.database_url, application_name="ingest_iot", max_size=settings.pool_max_size
+        )
+        bridge = ReportBridge(pool, settings)
+
+        async def on_connect() -> None:
+            publisher.broker_connected()
+            try:
+                async with pool.acquire() as conn:
+                    await broker_accounts.reconcile(link, conn)
+            except Exception as exc:  # housekeeping: never hold up the bridge for it
+                log.warning("broker account reconcile failed: %r", exc)
+
+        link = BrokerLink(
+            parse_mqtt_url(settings.mqtt_url),
+            client_id=f"ingest_iot-{replica_name()}",
+            subscriptions=(f"$share/{SHARED_GROUP}/{REPORTED_SUBSCRIPTION}",),
+            on_message=bridge.handle,
+            on_connect=on_connect,
+            persistent=True,
+            manual_ack=True,
+        )
+        publisher = DesiredPublisher(pool, link, settings.database_url)
+        bridge.link = link
+        app.state.pool, app.state.link, app.state.publisher = pool, link, publisher
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                running = [
+                    tasks.create_task(link.run(), name="broker-link"),
+                    tasks.create_task(publisher.run(), name="desired-publisher"),
+                    tasks.create_task(_sample_gauges(app), name="gauges"),
+                ]
+                try:
+                    yield
+                finally:
+                    for task in running:
+                        task.cancel()
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="IoT Cloud device API",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=4 * settings.limits.max_state_bytes)
+    install_error_handlers(app)
+    install_metrics(app, service="ingest_iot")
+
+    async def ready() -> dict[str, bool]:
+        return {
+            "database": await database_ready(app.state.pool),
+            "broker": app.state.link.connected.is_set(),
+        }
+
+    install_health(app, ready)
+    app.include_router(routes.router)
+    return app
+
+
+async def _sample_gauges(app: FastAPI) -> None:
+    while True:
+        BROKER_CONNECTED.set(1 if app.state.link.connected.is_set() else 0)
+        pool = app.state.pool
+        POOL_SIZE.labels("in_use").set(pool.get_size() - pool.get_idle_size())
+        POOL_SIZE.labels("idle").set(pool.get_idle_size())
+        await asyncio.sleep(1)

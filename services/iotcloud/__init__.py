@@ -1,0 +1,1 @@
+"""The ``iotcloud`` command: set-up, embedded parts, supervision, administration."""

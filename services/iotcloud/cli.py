@@ -1,0 +1,307 @@
+"""``iotcloud``: the product's command line (SPEC §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from iotcloud import embedded
+from iotcloud.provisioning import ProvisioningError
+from shared import db
+from shared.errors import DomainError
+from shared.settings import project_home
+
+DEFAULT_PG_PORT = 5544
+DEFAULT_BROKER_PORT = 1884
+
+
+class CliError(Exception):
+    pass
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.isdigit() else default
+
+
+def embedded_postgres() -> embedded.EmbeddedPostgres:
+    return embedded.EmbeddedPostgres(project_home(), _port("IOTCLOUD_PG_PORT", DEFAULT_PG_PORT))
+
+
+def embedded_broker() -> embedded.EmbeddedBroker:
+    return embedded.EmbeddedBroker(
+        project_home(), _port("IOTCLOUD_BROKER_PORT", DEFAULT_BROKER_PORT)
+    )
+
+
+def database_url() -> str:
+    """``DATABASE_URL``, or this checkout's embedded PostgreSQL (started if needed)."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        return configured
+    return embedded_postgres().ensure_running()
+
+
+def mqtt_url() -> str:
+    return os.environ.get("MQTT_URL") or embedded_broker().url
+
+
+def mqtt_display() -> str:
+    """The broker address without credentials, for people to read."""
+    from shared.mqtt import parse_mqtt_url
+
+    return parse_mqtt_url(mqtt_url()).display()
+
+
+def jwt_secret() -> str:
+    """``IOTCLOUD_JWT_SECRET``, or a random secret kept for this checkout under ``.iotcloud``."""
+    configured = os.environ.get("IOTCLOUD_JWT_SECRET")
+    if configured:
+        return configured
+    secret_file = project_home() / "jwt.secret"
+    if not secret_file.exists():
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.write_text(secrets.token_urlsafe(48))
+        secret_file.chmod(0o600)
+    return secret_file.read_text().strip()
+
+
+def service_env() -> dict[str, str]:
+    """The environment every child service gets."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "MQTT_URL": mqtt_url(),
+        "IOTCLOUD_JWT_SECRET": jwt_secret(),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+async def _with_conn(work: Callable[[Any], Awaitable[Any]]) -> Any:
+    conn = await db.connect(database_url(), application_name="iotcloud-cli")
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+async def cmd_migrate(_: argparse.Namespace) -> None:
+    applied = await _with_conn(db.migrate)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+
+
+async def cmd_tenant_create(args: argparse.Namespace) -> None:
+    from shared.repositories import tenants
+    from shared.services.devices import TENANT_ID_RE
+
+    if not TENANT_ID_RE.match(args.id):
+        raise CliError("tenant id must match [a-z0-9][a-z0-9-]{0,62}")
+
+    async def work(conn: Any) -> bool:
+        await db.migrate(conn)
+        return await tenants.insert(conn, args.id, args.name or args.id)
+
+    if not await _with_conn(work):
+        raise CliError(f"tenant {args.id!r} already exists")
+    print(args.id)
+
+
+async def cmd_user_create(args: argparse.Namespace) -> None:
+    from shared.repositories import tenants, users
+    from shared.security import hash_password
+
+    if len(args.password) < 8:
+        raise CliError("password must be at least 8 characters")
+    if "@" not in args.email:
+        raise CliError("email must be an e-mail address")
+
+    async def work(conn: Any) -> int | None:
+        await db.migrate(conn)
+        if not await tenants.exists(conn, args.tenant):
+            raise CliError(f"no tenant {args.tenant!r}")
+        return await users.insert(
+            conn,
+            tenant_id=args.tenant,
+            email=args.email,
+            password_hash=hash_password(args.password),
+            role=args.role,
+        )
+
+    user_id = await _with_conn(work)
+    if user_id is None:
+        raise CliError(f"a user with e-mail {args.email!r} already exists")
+    _print_json(
+        {"user_id": user_id, "tenant_id": args.tenant, "email": args.email, "role": args.role}
+    )
+
+
+async def cmd_token(args: argparse.Namespace) -> None:
+    from shared.repositories import users
+    from shared.security import Principal, issue_token
+
+    user = await _with_conn(lambda conn: users.by_email(conn, args.email))
+    if user is None:
+        raise CliError(f"no user with e-mail {args.email!r}")
+    who = Principal(user["user_id"], user["email"], user["tenant_id"], user["role"])
+    print(issue_token(who, secret=jwt_secret(), ttl_s=args.ttl))
+
+
+async def cmd_device_create(args: argparse.Namespace) -> None:
+    from iotcloud.provisioning import create_devices
+
+    created = await create_devices(
+        database_url(),
+        mqtt_url(),
+        tenant_id=args.tenant,
+        specs=[(args.id, args.name)],
+        broker_required=bool(os.environ.get("MQTT_URL")),
+    )
+    _print_json(created[0].as_json())
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from shared.settings import Settings
+
+    os.environ.setdefault("DATABASE_URL", database_url())
+    os.environ.setdefault("MQTT_URL", mqtt_url())
+    if args.service == "ui":
+        from ui_iot.app import create_app
+
+        settings = Settings.from_env(application="ui_iot")
+        app, port = create_app(settings), args.port or settings.ui_port
+    else:
+        from ingest_iot.app import create_app as create_ingest
+
+        settings = Settings.from_env(application="ingest_iot")
+        app, port = create_ingest(settings), args.port or settings.ingest_port
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level=os.environ.get("IOTCLOUD_LOG_LEVEL", "warning"),
+        access_log=False,
+    )
+
+
+async def cmd_up(args: argparse.Namespace) -> None:
+    from iotcloud.supervisor import up
+
+    await up(demo=args.demo)
+
+
+async def cmd_simulate(args: argparse.Namespace) -> None:
+    from iotcloud.simulator import simulate
+
+    await simulate(
+        database_url(),
+        mqtt_url(),
+        tenant_id=args.tenant,
+        count=args.devices,
+        rate=args.rate,
+        http_url=args.http_url if args.http else None,
+        duration=args.duration,
+        prefix=args.prefix,
+    )
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iotcloud", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="migrate, then run both services (and embedded parts)")
+    up.add_argument("--demo", action="store_true", help="add a demo tenant, login and devices")
+    up.set_defaults(handler=cmd_up)
+
+    sub.add_parser("migrate", help="apply pending migrations").set_defaults(handler=cmd_migrate)
+
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
+    tenant_create = tenant.add_parser("create", help="create a tenant")
+    tenant_create.add_argument("id")
+    tenant_create.add_argument("--name")
+    tenant_create.set_defaults(handler=cmd_tenant_create)
+
+    user = sub.add_parser("user", help="operator accounts").add_subparsers(
+        dest="action", required=True
+    )
+    user_create = user.add_parser("create", help="create an operator account")
+    user_create.add_argument("--tenant", required=True)
+    user_create.add_argument("--email", required=True)
+    user_create.add_argument("--password", required=True)
+    user_create.add_argument("--role", choices=["admin", "operator", "viewer"], default="admin")
+    user_create.set_defaults(handler=cmd_user_create)
+
+    token = sub.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("--email", required=True)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(handler=cmd_token)
+
+    device = sub.add_parser("device", help="devices").add_subparsers(dest="action", required=True)
+    device_create = device.add_parser("create", help="register a device; prints its token once")
+    device_create.add_argument("--tenant", required=True)
+    device_create.add_argument("--id")
+    device_create.add_argument("--name")
+    device_create.set_defaults(handler=cmd_device_create)
+
+    serve = sub.add_parser("serve", help="run one service (what a replica runs)")
+    serve.add_argument("service", choices=["ui", "ingest"])
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(handler=cmd_serve)
+
+    simulate = sub.add_parser("simulate", help="run simulated devices that speak MQTT or HTTP")
+    simulate.add_argument("--tenant", required=True)
+    simulate.add_argument("--devices", type=int, default=3)
+    simulate.add_argument(
+        "--rate", type=float, default=0.0, help="extra reports per second per device"
+    )
+    simulate.add_argument("--http", action="store_true", help="poll and report over HTTP instead")
+    simulate.add_argument("--http-url", default=f"http://127.0.0.1:{_port('INGEST_PORT', 8001)}")
+    simulate.add_argument(
+        "--duration", type=float, default=0.0, help="seconds; 0 runs until stopped"
+    )
+    simulate.add_argument("--prefix", default="sim", help="device id prefix")
+    simulate.set_defaults(handler=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.handler(args)
+        if isinstance(result, Coroutine):
+            asyncio.run(result)
+    except (CliError, embedded.EmbeddedError, ValueError, ProvisioningError) as exc:
+        print(f"iotcloud: {exc}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"iotcloud: {exc.detail}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

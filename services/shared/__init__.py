@@ -1,0 +1,1 @@
+"""Code both services use. ``shared.twin`` is the pure twin core."""

@@ -1,0 +1,166 @@
+"""The services' own broker connection, kept up with capped random back-off (aiomqtt)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from shared.dynsec import RESPONSE_TOPIC, DynSecClient
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class MqttTarget:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+    def display(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+        raise ValueError(f"MQTT_URL must look like mqtt://user:password@host:port, got {url!r}")
+    return MqttTarget(
+        host=parts.hostname,
+        port=parts.port or 1883,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def backoff_delays(base: float = 0.2, cap: float = 5.0) -> Callable[[], float]:
+    """Full-jitter exponential back-off: each call returns the next delay."""
+    attempt = 0
+
+    def next_delay() -> float:
+        nonlocal attempt
+        attempt += 1
+        return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
+
+    return next_delay
+
+
+class BrokerLink:
+    """One service connection: subscriptions, dynamic-security commands, reconnects.
+
+    ``manual_ack`` holds back the PUBACK of each QoS 1 message until the handler returns, so a
+    message is acknowledged only after its effect is committed (at-least-once).
+    """
+
+    def __init__(
+        self,
+        target: MqttTarget,
+        *,
+        client_id: str,
+        subscriptions: tuple[str, ...] = (),
+        on_message: MessageHandler | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        persistent: bool = False,
+        manual_ack: bool = False,
+    ) -> None:
+        self._target = target
+        self._client_id = client_id
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._persistent = persistent
+        self._manual_ack = manual_ack
+        self._client: aiomqtt.Client | None = None
+        self.dynsec: DynSecClient | None = None
+        self.connected = asyncio.Event()
+
+    @property
+    def client(self) -> aiomqtt.Client:
+        if self._client is None or not self.connected.is_set():
+            raise aiomqtt.MqttError("not connected to the broker")
+        return self._client
+
+    async def run(self) -> None:
+        next_delay = backoff_delays()
+        while True:
+            try:
+                await self._session()
+            except Exception as exc:  # the loop outlives every failure; each one reconnects
+                expected = (aiomqtt.MqttError, RetryLater)
+                if isinstance(exc, ExceptionGroup) and exc.subgroup(expected) is not None:
+                    exc = exc.exceptions[0]
+                log.warning(
+                    "broker connection to %s ended: %r; reconnecting",
+                    self._target.display(),
+                    exc,
+                    exc_info=not isinstance(exc, expected),
+                )
+            finally:
+                if self.connected.is_set():
+                    next_delay = backoff_delays()
+                self.connected.clear()
+                self.dynsec = None
+            await asyncio.sleep(next_delay())
+
+    async def _session(self) -> None:
+        client = aiomqtt.Client(
+            self._target.host,
+            self._target.port,
+            username=self._target.username,
+            password=self._target.password,
+            identifier=self._client_id,
+            clean_session=not self._persistent,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            keepalive=15,
+            timeout=5,
+            max_queued_incoming_messages=10_000,
+        )
+        if self._manual_ack:
+            # aiomqtt has no public switch for this; paho's client does.
+            client._client.manual_ack_set(True)
+        async with client:
+            self._client = client
+            self.dynsec = DynSecClient(client)
+            await client.subscribe(RESPONSE_TOPIC, qos=1)
+            for topic in self._subscriptions:
+                await client.subscribe(topic, qos=1)
+            self.connected.set()
+            log.info("connected to broker %s as %s", self._target.display(), self._client_id)
+            async with asyncio.TaskGroup() as tasks:
+                if self._on_connect is not None:
+                    # Concurrent with the message loop: it may await control-API responses.
+                    tasks.create_task(self._on_connect(), name="on-broker-connect")
+                await self._consume(client)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        assert self.dynsec is not None
+        async for message in client.messages:
+            if message.topic.value == RESPONSE_TOPIC:
+                self.dynsec.handle_response(message.payload)  # type: ignore[arg-type]
+            elif self._on_message is not None:
+                await self._on_message(message)
+            if self._manual_ack and message.qos > 0:
+                client._client.ack(message.mid, message.qos)
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class RetryLater(Exception):
+    """A handler could not take a message now (e.g. the database is down).
+
+    The link drops the connection without acknowledging it, so the broker redelivers it
+    to this persistent session (or another replica of the shared subscription).
+    """

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+
+from shared.dynsec import BrokerCredential
+
+_LIST_COLUMNS = """d.device_id, d.tenant_id, d.name, d.tags, d.created_at,
+       s.desired_version, s.reported_version, s.last_seen"""
+
+# The SQL twin of shared.twin.sync_status, for filtering inside the database.
+_STATUS_PREDICATES = {
+    "stale": "(s.last_seen IS NULL OR s.last_seen < now() - $3::interval)",
+    "synced": "(s.last_seen >= now() - $3::interval AND s.reported_version >= s.desired_version)",
+    "pending": "(s.last_seen >= now() - $3::interval AND s.desired_version > s.reported_version)",
+}
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    *,
+    device_id: str,
+    tenant_id: str,
+    name: str,
+    token_hash: bytes,
+    broker: BrokerCredential,
+) -> bool:
+    """Register a device and its state row; False when the id is taken (now or before)."""
+    created = await conn.fetchval(
+        """INSERT INTO devices (device_id, tenant_id, name, token_hash, broker_salt, broker_hash)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (device_id) DO NOTHING
+           RETURNING true""",
+        device_id,
+        tenant_id,
+        name,
+        token_hash,
+        broker.salt,
+        broker.password_hash,
+    )
+    if not created:
+        return False
+    await conn.execute(
+        "INSERT INTO device_state (device_id, tenant_id) VALUES ($1, $2)", device_id, tenant_id
+    )
+    return True
+
+
+async def list_page(
+    conn: asyncpg.Connection,
+    *,
+    tenant_id: str,
+    after: str | None,
+    limit: int,
+    sync_status: str | None,
+    stale_after: timedelta,
+) -> list[asyncpg.Record]:
+    """One keyset page ordered by device_id, so devices added meanwhile never shift it."""
+    status_sql = (
+        f"AND {_STATUS_PREDICATES[sync_status]}" if sync_status else "AND $3::interval IS NOT NULL"
+    )
+    return await conn.fetch(
+        f"""SELECT {_LIST_COLUMNS}
+            FROM devices d JOIN device_state s USING (device_id)
+            WHERE d.tenant_id = $1 AND d.revoked_at IS NULL
+              AND ($2::text IS NULL OR d.device_id > $2)
+              {status_sql}
+            ORDER BY d.device_id
+            LIMIT $4""",  # noqa: S608 - only fixed fragments are interpolated
+        tenant_id,
+        after,
+        stale_after,
+        limit,
+    )
+
+
+async def get_live(
+    conn: asyncpg.Connection, *, tenant_id: str, device_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""SELECT {_LIST_COLUMNS}
+            FROM devices d JOIN device_state s USING (device_id)
+            WHERE d.device_id = $1 AND d.tenant_id = $2 AND d.revoked_at IS NULL""",  # noqa: S608
+        device_id,
+        tenant_id,
+    )
+
+
+async def revoke(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> bool:
+    """Soft-delete: the token stops working at once; the id stays reserved."""
+    revoked = await conn.fetchval(
+        """UPDATE devices SET revoked_at = now()
+           WHERE device_id = $1 AND tenant_id = $2 AND revoked_at IS NULL
+           RETURNING true""",
+        device_id,
+        tenant_id,
+    )
+    if not revoked:
+        return False
+    await conn.execute("DELETE FROM device_state WHERE device_id = $1", device_id)
+    await conn.execute(
+        """INSERT INTO retained_cleanup (device_id, tenant_id) VALUES ($1, $2)
+           ON CONFLICT (device_id) DO NOTHING""",
+        device_id,
+        tenant_id,
+    )
+    return True
+
+
+async def set_token(
+    conn: asyncpg.Connection,
+    *,
+    tenant_id: str,
+    device_id: str,
+    token_hash: bytes,
+    broker: BrokerCredential,
+) -> bool:
+    updated = await conn.fetchval(
+        """UPDATE devices SET token_hash = $3, broker_salt = $4, broker_hash = $5
+           WHERE device_id = $1 AND tenant_id = $2 AND revoked_at IS NULL
+           RETURNING true""",
+        device_id,
+        tenant_id,
+        token_hash,
+        broker.salt,
+        broker.password_hash,
+    )
+    return bool(updated)
+
+
+async def resolve_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
+    """The live device holding this token, marking it seen in the same statement."""
+    return await conn.fetchrow(
+        """UPDATE device_state s SET last_seen = now()
+           FROM devices d
+           WHERE d.token_hash = $1 AND d.revoked_at IS NULL AND s.device_id = d.device_id
+           RETURNING d.device_id, d.tenant_id""",
+        token_hash,
+    )
+
+
+async def live_belongs(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM devices
+               WHERE device_id = $1 AND tenant_id = $2 AND revoked_at IS NULL)""",
+            device_id,
+            tenant_id,
+        )
+    )
+
+
+async def broker_accounts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every live device's broker credential, for rebuilding the broker's accounts."""
+    return await conn.fetch(
+        """SELECT device_id, tenant_id, broker_salt, broker_hash
+           FROM devices WHERE revoked_at IS NULL ORDER BY device_id"""
+    )
+
+
+async def revoked_ids(conn: asyncpg.Connection) -> list[str]:
+    return [
+        row["device_id"]
+        for row in await conn.fetch("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL")
+    ]

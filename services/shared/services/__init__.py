@@ -1,0 +1,1 @@
+"""Business logic over the repositories. Services never commit: their caller owns the transaction."""

@@ -1,0 +1,136 @@
+"""The device registry: ids, provision tokens (shown once, stored as hashes), paging."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from shared import twin
+from shared.dynsec import broker_credential
+from shared.errors import Conflict, NotFound, Unprocessable
+from shared.repositories import devices as devices_repo
+from shared.security import hash_provision_token, new_provision_token
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SYNC_STATUSES = ("synced", "pending", "stale")
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    device_id: str
+    tenant_id: str
+    provision_token: str
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "device_id": self.device_id,
+            "tenant_id": self.tenant_id,
+            "provision_token": self.provision_token,
+        }
+
+
+def new_device_id() -> str:
+    return "dev-" + secrets.token_hex(8)
+
+
+async def create_device(
+    conn: asyncpg.Connection, *, tenant_id: str, device_id: str | None, name: str | None
+) -> NewDevice:
+    device_id = device_id or new_device_id()
+    if not DEVICE_ID_RE.match(device_id):
+        raise Unprocessable(
+            "device_id must match [A-Za-z0-9][A-Za-z0-9._:-]{0,127} (no '/', '+' or '#')"
+        )
+    token = new_provision_token()
+    created = await devices_repo.insert(
+        conn,
+        device_id=device_id,
+        tenant_id=tenant_id,
+        name=name or device_id,
+        token_hash=hash_provision_token(token),
+        broker=broker_credential(token),
+    )
+    if not created:
+        raise Conflict(f"device id {device_id!r} is already in use")
+    return NewDevice(device_id, tenant_id, token)
+
+
+async def rotate_token(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> str:
+    token = new_provision_token()
+    if not await devices_repo.set_token(
+        conn,
+        tenant_id=tenant_id,
+        device_id=device_id,
+        token_hash=hash_provision_token(token),
+        broker=broker_credential(token),
+    ):
+        raise NotFound(f"device {device_id!r} not found")
+    return token
+
+
+async def delete_device(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> None:
+    if not await devices_repo.revoke(conn, tenant_id=tenant_id, device_id=device_id):
+        raise NotFound(f"device {device_id!r} not found")
+
+
+def encode_cursor(device_id: str) -> str:
+    return base64.urlsafe_b64encode(device_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unprocessable("cursor is not valid") from exc
+    if not DEVICE_ID_RE.match(value):
+        raise Unprocessable("cursor is not valid")
+    return value
+
+
+def device_summary(row: asyncpg.Record, *, stale_after: timedelta) -> dict[str, Any]:
+    last_seen = row["last_seen"]
+    return {
+        "device_id": row["device_id"],
+        "name": row["name"],
+        "tags": row["tags"],
+        "sync_status": twin.sync_status(
+            row["desired_version"], row["reported_version"], last_seen, stale_after=stale_after
+        ),
+        "desired_version": row["desired_version"],
+        "reported_version": row["reported_version"],
+        "last_seen": last_seen.isoformat() if last_seen else None,
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+async def list_devices(
+    conn: asyncpg.Connection,
+    *,
+    tenant_id: str,
+    cursor: str | None,
+    limit: int,
+    sync_status: str | None,
+    stale_after: timedelta,
+) -> dict[str, Any]:
+    if sync_status is not None and sync_status not in SYNC_STATUSES:
+        raise Unprocessable(f"sync_status must be one of {', '.join(SYNC_STATUSES)}")
+    rows = await devices_repo.list_page(
+        conn,
+        tenant_id=tenant_id,
+        after=decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
+        sync_status=sync_status,
+        stale_after=stale_after,
+    )
+    page = rows[:limit]
+    return {
+        "items": [device_summary(row, stale_after=stale_after) for row in page],
+        "next": encode_cursor(page[-1]["device_id"]) if len(rows) > limit else None,
+    }

@@ -1,0 +1,1 @@
+"""The operator ("customer") HTTP API and the web console."""

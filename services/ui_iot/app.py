@@ -1,0 +1,94 @@
+"""The ``ui_iot`` application: operator API at ``/customer``, console at ``/``."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from shared import db
+from shared.mqtt import BrokerLink, parse_mqtt_url
+from shared.settings import Settings
+from shared.web import (
+    BodyLimitMiddleware,
+    ORJSONResponse,
+    database_ready,
+    install_error_handlers,
+    install_health,
+    install_metrics,
+)
+from ui_iot.routes import auth, devices
+
+CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
+_API_PREFIXES = ("customer/", "auth/", "docs", "openapi.json", "metrics", "healthz", "readyz")
+
+
+def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await db.create_pool(
+            settings.database_url, application_name="ui_iot", max_size=settings.pool_max_size
+        )
+        app.state.broker = BrokerLink(
+            parse_mqtt_url(settings.mqtt_url), client_id=f"ui_iot-{uuid.uuid4().hex[:12]}"
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                link = tasks.create_task(app.state.broker.run(), name="broker-link")
+                try:
+                    yield
+                finally:
+                    link.cancel()
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(
+        title="IoT Cloud operator API",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=4 * settings.limits.max_state_bytes)
+    install_error_handlers(app)
+    install_metrics(app, service="ui_iot")
+
+    async def ready() -> dict[str, bool]:
+        return {
+            "database": await database_ready(app.state.pool),
+            "broker": app.state.broker.connected.is_set(),
+        }
+
+    install_health(app, ready)
+    app.include_router(auth.router)
+    app.include_router(devices.router)
+    _serve_console(app, console_dir)
+    return app
+
+
+def _serve_console(app: FastAPI, console_dir: Path) -> None:
+    """Serve the built console, falling back to index.html for client-side routes."""
+    index = console_dir / "index.html"
+    assets = console_dir / "assets"
+    if assets.is_dir():
+        app.mount("/assets", StaticFiles(directory=assets), name="assets")
+
+    @app.get("/{path:path}", include_in_schema=False)
+    async def console(path: str) -> Response:
+        if path.startswith(_API_PREFIXES):
+            return ORJSONResponse({"detail": "not found"}, status_code=404)
+        candidate = (console_dir / path).resolve()
+        if path and candidate.is_file() and candidate.is_relative_to(console_dir.resolve()):
+            return FileResponse(candidate)
+        if index.is_file():
+            return FileResponse(index, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(
+            "<h1>IoT Cloud</h1><p>The console is not built: run <code>make setup</code>.</p>",
+            status_code=503,
+        )

@@ -1,0 +1,185 @@
+"""Operator routes for the device registry and the device twin (SPEC §5)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from shared.db import transaction
+from shared.errors import NotFound, PreconditionFailed, Unprocessable
+from shared.repositories import devices as devices_repo
+from shared.services import broker_accounts, devices, twins
+from shared.web import json_body
+from ui_iot.deps import Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
+
+router = APIRouter(prefix="/customer/devices", tags=["devices"])
+
+_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class DeviceCreate(BaseModel):
+    device_id: str | None = Field(default=None, pattern=_DEVICE_ID)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class DeviceCreated(BaseModel):
+    device_id: str
+    tenant_id: str
+    provision_token: str
+
+
+class TokenRotated(BaseModel):
+    provision_token: str
+
+
+_PATCH_DESIRED_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["desired"],
+                    "properties": {
+                        "desired": {"type": "object", "description": "JSON merge patch"}
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _parse_if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise PreconditionFailed(f"If-Match must be a desired version like '\"3\"', got {value!r}")
+    return int(text)
+
+
+@router.get("")
+async def list_devices(
+    who: Viewer,
+    conn: Conn,
+    settings: AppSettings,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+    sync_status: str | None = None,
+) -> dict[str, Any]:
+    return await devices.list_devices(
+        conn,
+        tenant_id=who.tenant_id,
+        cursor=cursor,
+        limit=limit,
+        sync_status=sync_status,
+        stale_after=settings.stale_after,
+    )
+
+
+@router.post("", status_code=201, response_model=DeviceCreated)
+async def create_device(body: DeviceCreate, who: Admin, pool: Pool, link: Link) -> dict[str, str]:
+    async with transaction(pool) as conn:
+        created = await devices.create_device(
+            conn, tenant_id=who.tenant_id, device_id=body.device_id, name=body.name
+        )
+        await broker_accounts.upsert(
+            link,
+            tenant_id=created.tenant_id,
+            device_id=created.device_id,
+            password=created.provision_token,
+        )
+    return created.as_json()
+
+
+@router.get("/{device_id}")
+async def get_device(
+    device_id: str, who: Viewer, conn: Conn, settings: AppSettings
+) -> dict[str, Any]:
+    row = await devices_repo.get_live(conn, tenant_id=who.tenant_id, device_id=device_id)
+    if row is None:
+        raise NotFound(f"device {device_id!r} not found")
+    return devices.device_summary(row, stale_after=settings.stale_after)
+
+
+@router.delete("/{device_id}", status_code=204)
+async def delete_device(device_id: str, who: Admin, pool: Pool, link: Link) -> Response:
+    async with transaction(pool) as conn:
+        await devices.delete_device(conn, tenant_id=who.tenant_id, device_id=device_id)
+    await broker_accounts.remove(link, device_id)
+    return Response(status_code=204)
+
+
+@router.post("/{device_id}/provision-token", response_model=TokenRotated)
+async def rotate_token(device_id: str, who: Admin, pool: Pool, link: Link) -> dict[str, str]:
+    async with transaction(pool) as conn:
+        token = await devices.rotate_token(conn, tenant_id=who.tenant_id, device_id=device_id)
+        await broker_accounts.upsert(
+            link, tenant_id=who.tenant_id, device_id=device_id, password=token
+        )
+    return {"provision_token": token}
+
+
+@router.get("/{device_id}/twin")
+async def get_twin(
+    device_id: str, who: Viewer, conn: Conn, settings: AppSettings, response: Response
+) -> dict[str, Any]:
+    document = await twins.get_twin(
+        conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
+    )
+    response.headers["ETag"] = _etag(document["desired_version"])
+    return document
+
+
+@router.patch("/{device_id}/twin/desired", openapi_extra=_PATCH_DESIRED_BODY)
+async def patch_desired(
+    device_id: str,
+    request: Request,
+    who: Operator,
+    conn: Conn,
+    settings: AppSettings,
+    response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    body = await json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("desired"), dict):
+        raise Unprocessable('body must be {"desired": {...}}, a JSON merge patch object')
+    document = await twins.patch_desired(
+        conn,
+        tenant_id=who.tenant_id,
+        device_id=device_id,
+        patch=body["desired"],
+        limits=settings.limits,
+        stale_after=settings.stale_after,
+        if_match=_parse_if_match(if_match),
+    )
+    response.headers["ETag"] = _etag(document["desired_version"])
+    return document
+
+
+@router.get("/{device_id}/twin/delta")
+async def get_delta(
+    device_id: str, who: Viewer, conn: Conn, settings: AppSettings
+) -> dict[str, Any]:
+    document = await twins.get_twin(
+        conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
+    )
+    return {
+        "device_id": device_id,
+        "delta": document["delta"],
+        "in_sync": not document["delta"]
+        and document["reported_version"] >= document["desired_version"],
+        "desired_version": document["desired_version"],
+        "reported_version": document["reported_version"],
+        "sync_status": document["sync_status"],
+    }

@@ -1,0 +1,136 @@
+"""Real PostgreSQL and real Mosquitto for the test suites: no mocks.
+
+PostgreSQL: ``TEST_DATABASE_URL`` (a server where we may create databases) or else an
+embedded server under ``.iotcloud/test``. Each test gets its own database cloned from a
+template built by running the real migrations. Mosquitto: a private broker with the
+project's own configuration, on a free port, per test that needs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from iotcloud.embedded import EmbeddedBroker, EmbeddedPostgres
+from shared import db
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DB = "iotcloud_test_template"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_url() -> str:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        return configured
+    port = int(os.environ.get("TEST_PG_PORT", "5545"))
+    return EmbeddedPostgres(ROOT / ".iotcloud" / "test", port).ensure_running()
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def build_template(server: str) -> None:
+    admin = await asyncpg.connect(with_database(server, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    finally:
+        await admin.close()
+    conn = await db.connect(with_database(server, TEMPLATE_DB), application_name="tests")
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(with_database(server, "postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server, name)
+    finally:
+        admin = await asyncpg.connect(with_database(server, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@dataclass
+class Broker:
+    """A private Mosquitto with dynamic security on a free port."""
+
+    home: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def embedded(self) -> EmbeddedBroker:
+        return EmbeddedBroker(self.home, self.port)
+
+    @property
+    def url(self) -> str:
+        return self.embedded.url
+
+    def start(self, accounts: list | None = None, *, rebuild: bool = True) -> None:  # type: ignore[type-arg]
+        if rebuild or not self.embedded.dynsec_file.exists():
+            argv = self.embedded.prepare(accounts or [])
+        else:
+            argv = ["mosquitto", "-c", str(self.embedded.config_file)]
+        log = (self.home / "mosquitto.log").open("ab")
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: see {self.home / 'mosquitto.log'}")
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+async def eventually(check, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll an async check until it returns a truthy value; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
