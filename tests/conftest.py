@@ -17,7 +17,7 @@ from shared.repositories import tenants, users
 from shared.security import hash_password
 from shared.settings import Settings
 from shared.twin import Limits
-from tests.support import Broker, build_template, fresh_database, free_port, server_url
+from tests.support import Broker, build_template, free_port, fresh_database, server_url
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +73,9 @@ class Stack:
     ingest_app: Any
     _tokens: dict[str, str] = field(default_factory=dict)
 
-    async def tenant(self, role: str = "admin", tenant_id: str | None = None) -> tuple[str, dict[str, str]]:
+    async def tenant(
+        self, role: str = "admin", tenant_id: str | None = None
+    ) -> tuple[str, dict[str, str]]:
         """A new tenant (or an existing one) and bearer headers for a user of ``role`` in it."""
         tenant_id = tenant_id or f"t-{uuid.uuid4().hex[:10]}"
         email = f"{role}-{uuid.uuid4().hex[:8]}@{tenant_id}.test"
@@ -81,11 +83,17 @@ class Stack:
         try:
             await tenants.insert(conn, tenant_id, tenant_id)
             await users.insert(
-                conn, tenant_id=tenant_id, email=email, password_hash=hash_password("pw-123456"), role=role
+                conn,
+                tenant_id=tenant_id,
+                email=email,
+                password_hash=hash_password("pw-123456"),
+                role=role,
             )
         finally:
             await conn.close()
-        response = await self.ui.post("/auth/token", data={"username": email, "password": "pw-123456"})
+        response = await self.ui.post(
+            "/auth/token", data={"username": email, "password": "pw-123456"}
+        )
         assert response.status_code == 200, response.text
         return tenant_id, {"Authorization": f"Bearer {response.json()['access_token']}"}
 
@@ -106,7 +114,9 @@ async def running_stack(settings: Settings, broker: Broker) -> AsyncIterator[Sta
         ui_app.router.lifespan_context(ui_app),
         ingest_app.router.lifespan_context(ingest_app),
         httpx.AsyncClient(transport=httpx.ASGITransport(ui_app), base_url="http://ui") as ui,
-        httpx.AsyncClient(transport=httpx.ASGITransport(ingest_app), base_url="http://ingest") as ingest,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(ingest_app), base_url="http://ingest"
+        ) as ingest,
     ):
         await ui_app.state.broker.wait_connected(10)
         await ingest_app.state.link.wait_connected(10)

@@ -106,7 +106,10 @@ class Broker:
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: see {self.home / 'mosquitto.log'}")

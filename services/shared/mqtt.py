@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -16,6 +17,7 @@ from shared.dynsec import RESPONSE_TOPIC, DynSecClient
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+ConnectHook = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class BrokerLink:
         client_id: str,
         subscriptions: tuple[str, ...] = (),
         on_message: MessageHandler | None = None,
-        on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_connect: ConnectHook | None = None,
         persistent: bool = False,
         manual_ack: bool = False,
     ) -> None:
@@ -144,7 +146,8 @@ class BrokerLink:
         assert self.dynsec is not None
         async for message in client.messages:
             if message.topic.value == RESPONSE_TOPIC:
-                self.dynsec.handle_response(message.payload)  # type: ignore[arg-type]
+                if isinstance(message.payload, bytes):
+                    self.dynsec.handle_response(message.payload)
             elif self._on_message is not None:
                 await self._on_message(message)
             if self._manual_ack and message.qos > 0:

@@ -17,7 +17,7 @@ ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 _ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 JWT_ALGORITHM = "HS256"
-TOKEN_PREFIX = "tok-"
+TOKEN_PREFIX = "tok-"  # noqa: S105 - a prefix, not a secret
 
 _hasher = PasswordHasher()
 
@@ -34,7 +34,7 @@ def verify_password(password_hash: str, password: str) -> bool:
 
 
 def role_at_least(role: str, minimum: Role) -> bool:
-    return role in _ROLE_RANK and _ROLE_RANK[cast(Role, role)] >= _ROLE_RANK[minimum]
+    return role in _ROLE_RANK and _ROLE_RANK[role] >= _ROLE_RANK[minimum]
 
 
 @dataclass(frozen=True, slots=True)

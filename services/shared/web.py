@@ -66,9 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, UNAVAILABLE_ERRORS) or isinstance(
-            exc, asyncpg.exceptions.PostgresConnectionError
-        ):
+        if isinstance(exc, UNAVAILABLE_ERRORS):
             log.warning(
                 "database unavailable during %s %s: %r", request.method, request.url.path, exc
             )

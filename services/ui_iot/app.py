@@ -84,7 +84,8 @@ def _serve_console(app: FastAPI, console_dir: Path) -> None:
         if path.startswith(_API_PREFIXES):
             return ORJSONResponse({"detail": "not found"}, status_code=404)
         candidate = (console_dir / path).resolve()
-        if path and candidate.is_file() and candidate.is_relative_to(console_dir.resolve()):
+        inside = candidate.is_relative_to(console_dir.resolve())  # noqa: ASYNC240
+        if path and inside and candidate.is_file():
             return FileResponse(candidate)
         if index.is_file():
             return FileResponse(index, headers={"Cache-Control": "no-cache"})

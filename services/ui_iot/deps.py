@@ -9,6 +9,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shared.db import Connection
 from shared.errors import Forbidden, Unauthorized
 from shared.mqtt import BrokerLink
 from shared.security import InvalidToken, Principal, Role, decode_token, role_at_least
@@ -32,7 +33,7 @@ def pool(request: Request) -> asyncpg.Pool:
     return value
 
 
-async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+async def connection(request: Request) -> AsyncIterator[Connection]:
     """One transaction per request: committed when the handler returns, rolled back on error."""
     async with pool(request).acquire() as conn, conn.transaction():
         yield conn
@@ -62,7 +63,7 @@ def require(minimum: Role) -> Callable[[Principal], Awaitable[Principal]]:
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
-Conn = Annotated[asyncpg.Connection, Depends(connection)]
+Conn = Annotated[Connection, Depends(connection)]
 AppSettings = Annotated[Settings, Depends(settings)]
 Pool = Annotated[asyncpg.Pool, Depends(pool)]
 Link = Annotated[BrokerLink, Depends(broker_link)]

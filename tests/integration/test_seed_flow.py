@@ -39,7 +39,14 @@ async def test_seed_steps_1_to_8(stack: Stack) -> None:
 
     # Step 3: GET twin.
     twin = (await stack.ui.get(f"/customer/devices/{device_id}/twin", headers=headers)).json()
-    for key in ("desired", "reported", "delta", "desired_version", "reported_version", "sync_status"):
+    for key in (
+        "desired",
+        "reported",
+        "delta",
+        "desired_version",
+        "reported_version",
+        "sync_status",
+    ):
         assert key in twin
     assert twin["desired_version"] == 0
 
@@ -72,7 +79,9 @@ async def test_seed_steps_1_to_8(stack: Stack) -> None:
 
     # Step 7: device HTTP report, then the twin is synced.
     report = await stack.ingest.post(
-        "/device/v1/shadow/reported", json={"reported": desired, "version": 1}, headers=device_headers
+        "/device/v1/shadow/reported",
+        json={"reported": desired, "version": 1},
+        headers=device_headers,
     )
     assert report.status_code == 200
     assert report.json() == {"accepted": True, "version": 1}
@@ -86,7 +95,9 @@ async def test_seed_steps_1_to_8(stack: Stack) -> None:
         json={"desired": {"reporting_interval_s": 60}},
         headers=headers,
     )
-    delta = (await stack.ui.get(f"/customer/devices/{device_id}/twin/delta", headers=headers)).json()
+    delta = (
+        await stack.ui.get(f"/customer/devices/{device_id}/twin/delta", headers=headers)
+    ).json()
     assert delta["delta"] == {"reporting_interval_s": 60}
     assert delta["in_sync"] is False
     assert delta["sync_status"] == "pending"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from shared.db import Connection
 
-async def unpublished(conn: asyncpg.Connection, *, limit: int) -> list[asyncpg.Record]:
+
+async def unpublished(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT device_id, tenant_id, desired_state, desired_version
            FROM device_state
@@ -16,7 +18,7 @@ async def unpublished(conn: asyncpg.Connection, *, limit: int) -> list[asyncpg.R
     )
 
 
-async def all_desired(conn: asyncpg.Connection, *, after: str, limit: int) -> list[asyncpg.Record]:
+async def all_desired(conn: Connection, *, after: str, limit: int) -> list[asyncpg.Record]:
     """Every device with a desired state, by keyset page, for republishing after a reconnect."""
     return await conn.fetch(
         """SELECT device_id, tenant_id, desired_state, desired_version
@@ -29,9 +31,7 @@ async def all_desired(conn: asyncpg.Connection, *, after: str, limit: int) -> li
     )
 
 
-async def mark_published(
-    conn: asyncpg.Connection, device_ids: list[str], versions: list[int]
-) -> None:
+async def mark_published(conn: Connection, device_ids: list[str], versions: list[int]) -> None:
     await conn.execute(
         """UPDATE device_state s
            SET published_version = GREATEST(s.published_version, p.version)
@@ -42,7 +42,7 @@ async def mark_published(
     )
 
 
-async def oldest_unpublished_age(conn: asyncpg.Connection) -> float:
+async def oldest_unpublished_age(conn: Connection) -> float:
     age = await conn.fetchval(
         """SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(shadow_updated_at)), 0)
            FROM device_state WHERE desired_version > published_version"""
@@ -50,11 +50,11 @@ async def oldest_unpublished_age(conn: asyncpg.Connection) -> float:
     return float(age)
 
 
-async def cleanups(conn: asyncpg.Connection, *, limit: int) -> list[asyncpg.Record]:
+async def cleanups(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT device_id, tenant_id FROM retained_cleanup ORDER BY device_id LIMIT $1", limit
     )
 
 
-async def cleared(conn: asyncpg.Connection, device_ids: list[str]) -> None:
+async def cleared(conn: Connection, device_ids: list[str]) -> None:
     await conn.execute("DELETE FROM retained_cleanup WHERE device_id = ANY($1::text[])", device_ids)

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from shared.db import Connection
 from shared.dynsec import BrokerCredential
 
 _LIST_COLUMNS = """d.device_id, d.tenant_id, d.name, d.tags, d.created_at,
@@ -18,7 +19,7 @@ _STATUS_PREDICATES = {
 
 
 async def insert(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     device_id: str,
     tenant_id: str,
@@ -48,7 +49,7 @@ async def insert(
 
 
 async def list_page(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     tenant_id: str,
     after: str | None,
@@ -75,9 +76,7 @@ async def list_page(
     )
 
 
-async def get_live(
-    conn: asyncpg.Connection, *, tenant_id: str, device_id: str
-) -> asyncpg.Record | None:
+async def get_live(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"""SELECT {_LIST_COLUMNS}
             FROM devices d JOIN device_state s USING (device_id)
@@ -87,7 +86,7 @@ async def get_live(
     )
 
 
-async def revoke(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> bool:
+async def revoke(conn: Connection, *, tenant_id: str, device_id: str) -> bool:
     """Soft-delete: the token stops working at once; the id stays reserved."""
     revoked = await conn.fetchval(
         """UPDATE devices SET revoked_at = now()
@@ -109,7 +108,7 @@ async def revoke(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) ->
 
 
 async def set_token(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     tenant_id: str,
     device_id: str,
@@ -129,7 +128,7 @@ async def set_token(
     return bool(updated)
 
 
-async def resolve_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
+async def resolve_token(conn: Connection, token_hash: bytes) -> asyncpg.Record | None:
     """The live device holding this token, marking it seen in the same statement."""
     return await conn.fetchrow(
         """UPDATE device_state s SET last_seen = now()
@@ -140,7 +139,7 @@ async def resolve_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.
     )
 
 
-async def live_belongs(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> bool:
+async def live_belongs(conn: Connection, *, tenant_id: str, device_id: str) -> bool:
     return bool(
         await conn.fetchval(
             """SELECT EXISTS (SELECT 1 FROM devices
@@ -151,7 +150,7 @@ async def live_belongs(conn: asyncpg.Connection, *, tenant_id: str, device_id: s
     )
 
 
-async def broker_accounts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+async def broker_accounts(conn: Connection) -> list[asyncpg.Record]:
     """Every live device's broker credential, for rebuilding the broker's accounts."""
     return await conn.fetch(
         """SELECT device_id, tenant_id, broker_salt, broker_hash
@@ -159,7 +158,7 @@ async def broker_accounts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
-async def revoked_ids(conn: asyncpg.Connection) -> list[str]:
+async def revoked_ids(conn: Connection) -> list[str]:
     return [
         row["device_id"]
         for row in await conn.fetch("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL")

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import asyncpg
+from shared.db import Connection
 
 
-async def insert(conn: asyncpg.Connection, tenant_id: str, name: str) -> bool:
+async def insert(conn: Connection, tenant_id: str, name: str) -> bool:
     """False when the tenant already exists."""
     row = await conn.fetchrow(
         "INSERT INTO tenants (tenant_id, name) VALUES ($1, $2) "
@@ -14,7 +14,7 @@ async def insert(conn: asyncpg.Connection, tenant_id: str, name: str) -> bool:
     return row is not None
 
 
-async def exists(conn: asyncpg.Connection, tenant_id: str) -> bool:
+async def exists(conn: Connection, tenant_id: str) -> bool:
     return bool(
         await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)", tenant_id)
     )

@@ -4,11 +4,13 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import Connection
+
 _TWIN_COLUMNS = """s.device_id, s.tenant_id, s.desired_state, s.reported_state,
        s.desired_version, s.reported_version, s.shadow_updated_at, s.last_seen"""
 
 
-async def get(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
+async def get(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"""SELECT {_TWIN_COLUMNS} FROM device_state s
             WHERE s.device_id = $1 AND s.tenant_id = $2""",  # noqa: S608 - fixed column list
@@ -17,9 +19,7 @@ async def get(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> as
     )
 
 
-async def lock(
-    conn: asyncpg.Connection, *, tenant_id: str, device_id: str
-) -> asyncpg.Record | None:
+async def lock(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
     """The row, locked until the transaction ends, so read-merge-write is atomic."""
     return await conn.fetchrow(
         f"""SELECT {_TWIN_COLUMNS} FROM device_state s
@@ -31,7 +31,7 @@ async def lock(
 
 
 async def write_desired(
-    conn: asyncpg.Connection, *, device_id: str, desired: dict[str, Any], version: int
+    conn: Connection, *, device_id: str, desired: dict[str, Any], version: int
 ) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"""UPDATE device_state s
@@ -47,7 +47,7 @@ async def write_desired(
 
 
 async def write_reported(
-    conn: asyncpg.Connection, *, device_id: str, reported: dict[str, Any], version: int
+    conn: Connection, *, device_id: str, reported: dict[str, Any], version: int
 ) -> None:
     await conn.execute(
         """UPDATE device_state
@@ -60,7 +60,7 @@ async def write_reported(
     )
 
 
-async def touch(conn: asyncpg.Connection, *, device_id: str) -> int:
+async def touch(conn: Connection, *, device_id: str) -> int:
     """Mark the device seen; returns its reported version."""
     version: int = await conn.fetchval(
         "UPDATE device_state SET last_seen = now() WHERE device_id = $1 RETURNING reported_version",

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import asyncpg
 
+from shared.db import Connection
+
 
 async def insert(
-    conn: asyncpg.Connection, *, tenant_id: str, email: str, password_hash: str, role: str
+    conn: Connection, *, tenant_id: str, email: str, password_hash: str, role: str
 ) -> int | None:
     """The new user's id, or None when the e-mail is taken."""
     user_id: int | None = await conn.fetchval(
@@ -20,8 +22,9 @@ async def insert(
     return user_id
 
 
-async def by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
+async def by_email(conn: Connection, email: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT user_id, tenant_id, email, password_hash, role FROM users WHERE lower(email) = lower($1)",
+        """SELECT user_id, tenant_id, email, password_hash, role
+           FROM users WHERE lower(email) = lower($1)""",
         email,
     )

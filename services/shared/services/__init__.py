@@ -1,1 +1,4 @@
-"""Business logic over the repositories. Services never commit: their caller owns the transaction."""
+"""Business logic over the repositories.
+
+Services never commit: their caller owns the transaction.
+"""

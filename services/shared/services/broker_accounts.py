@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 import aiomqtt
-import asyncpg
 
+from shared.db import Connection
 from shared.dynsec import DynSecError
 from shared.errors import ServiceUnavailable
 from shared.mqtt import BrokerLink
@@ -46,7 +46,7 @@ async def remove(link: BrokerLink, device_id: str) -> None:
         )
 
 
-async def reconcile(link: BrokerLink, conn: asyncpg.Connection) -> int:
+async def reconcile(link: BrokerLink, conn: Connection) -> int:
     """Remove the broker accounts of deleted devices; report live devices without one.
 
     Only names the registry knows as deleted devices are touched, so other accounts on a

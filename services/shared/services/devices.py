@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from shared import twin
+from shared.db import Connection
 from shared.dynsec import broker_credential
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.repositories import devices as devices_repo
@@ -41,7 +42,7 @@ def new_device_id() -> str:
 
 
 async def create_device(
-    conn: asyncpg.Connection, *, tenant_id: str, device_id: str | None, name: str | None
+    conn: Connection, *, tenant_id: str, device_id: str | None, name: str | None
 ) -> NewDevice:
     device_id = device_id or new_device_id()
     if not DEVICE_ID_RE.match(device_id):
@@ -62,7 +63,7 @@ async def create_device(
     return NewDevice(device_id, tenant_id, token)
 
 
-async def rotate_token(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> str:
+async def rotate_token(conn: Connection, *, tenant_id: str, device_id: str) -> str:
     token = new_provision_token()
     if not await devices_repo.set_token(
         conn,
@@ -75,7 +76,7 @@ async def rotate_token(conn: asyncpg.Connection, *, tenant_id: str, device_id: s
     return token
 
 
-async def delete_device(conn: asyncpg.Connection, *, tenant_id: str, device_id: str) -> None:
+async def delete_device(conn: Connection, *, tenant_id: str, device_id: str) -> None:
     if not await devices_repo.revoke(conn, tenant_id=tenant_id, device_id=device_id):
         raise NotFound(f"device {device_id!r} not found")
 
@@ -111,7 +112,7 @@ def device_summary(row: asyncpg.Record, *, stale_after: timedelta) -> dict[str, 
 
 
 async def list_devices(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     tenant_id: str,
     cursor: str | None,

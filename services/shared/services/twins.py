@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from shared import twin
+from shared.db import Connection
 from shared.errors import NotFound, PreconditionFailed, TooLarge, Unprocessable
 from shared.repositories import twin_state
 
@@ -47,7 +48,7 @@ def _enforce_limits(document: Any, limits: twin.Limits, *, what: str) -> None:
 
 
 async def get_twin(
-    conn: asyncpg.Connection, *, tenant_id: str, device_id: str, stale_after: timedelta
+    conn: Connection, *, tenant_id: str, device_id: str, stale_after: timedelta
 ) -> TwinDocument:
     row = await twin_state.get(conn, tenant_id=tenant_id, device_id=device_id)
     if row is None:
@@ -56,7 +57,7 @@ async def get_twin(
 
 
 async def patch_desired(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     tenant_id: str,
     device_id: str,
@@ -123,7 +124,7 @@ def parse_report(payload: Any, limits: twin.Limits) -> Report:
 
 
 async def apply_report(
-    conn: asyncpg.Connection, *, tenant_id: str, device_id: str, report: Report, limits: twin.Limits
+    conn: Connection, *, tenant_id: str, device_id: str, report: Report, limits: twin.Limits
 ) -> ReportOutcome:
     """Apply one report under the version rule; a rejected report still marks the device seen."""
     row = await twin_state.lock(conn, tenant_id=tenant_id, device_id=device_id)
