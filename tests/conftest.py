@@ -21,10 +21,11 @@ from tests.support import Broker, build_template, free_port, fresh_database, ser
 
 
 @pytest.fixture(scope="session")
-async def pg_server() -> str:
+async def pg_server() -> AsyncIterator[str]:
     url = server_url()
     await build_template(url)
-    return url
+    yield url
+    await drop_template(url)
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from iotcloud.embedded import EmbeddedBroker, EmbeddedPostgres
 from shared import db
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_DB = "iotcloud_test_template"
+# One template per test session, so concurrent sessions never drop each other's.
+TEMPLATE_DB = f"iotcloud_tpl_{os.getpid()}"
 
 
 def free_port() -> int:
@@ -47,6 +48,14 @@ def server_url() -> str:
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def drop_template(server: str) -> None:
+    admin = await asyncpg.connect(with_database(server, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def build_template(server: str) -> None:
