@@ -17,7 +17,14 @@ from shared.repositories import tenants, users
 from shared.security import hash_password
 from shared.settings import Settings
 from shared.twin import Limits
-from tests.support import Broker, build_template, free_port, fresh_database, server_url
+from tests.support import (
+    Broker,
+    build_template,
+    drop_template,
+    free_port,
+    fresh_database,
+    server_url,
+)
 
 
 @pytest.fixture(scope="session")
