@@ -1,0 +1,56 @@
+import { render, screen } from '@testing-library/react';
+import userEvent from '@testing-library/user-event';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { getToken } from '../services/api/devices';
+import { json, mockFetch, signIn } from '../test/fetchMock';
+import { App } from './App';
+
+beforeEach(() => window.history.replaceState(null, '', '/'));
+
+describe('App', () => {
+  it('asks for sign-in, shows an error for bad credentials, then opens the page asked for', async () => {
+    window.history.replaceState(null, '', '/devices/dev-1');
+    mockFetch((call) => {
+      if (call.url === '/auth/token') {
+        return String(call.body).includes('password=right')
+          ? json(200, { access_token: 'tkn', token_type: 'bearer', expires_in: 60 })
+          : json(401, { detail: 'Incorrect username or password' });
+      }
+      return json(404, { detail: 'Device not found' });
+    });
+    const user = userEvent.setup();
+    render(<App />);
+
+    expect(window.location.pathname).toBe('/signin');
+    await user.type(screen.getByLabelText('Email'), 'ops@example.com');
+    await user.type(screen.getByLabelText('Password'), 'wrong');
+    await user.click(screen.getByRole('button', { name: 'Sign in' }));
+    expect(await screen.findByRole('alert')).toHaveTextContent('Wrong email or password.');
+
+    await user.clear(screen.getByLabelText('Password'));
+    await user.type(screen.getByLabelText('Password'), 'right');
+    await user.click(screen.getByRole('button', { name: 'Sign in' }));
+    expect(await screen.findByRole('button', { name: 'Sign out' })).toBeInTheDocument();
+    expect(window.location.pathname).toBe('/devices/dev-1');
+    expect(await screen.findByRole('alert')).toHaveTextContent('This device does not exist');
+  });
+
+  it('goes back to sign-in when the API says the token is no longer valid', async () => {
+    signIn();
+    mockFetch(() => json(401, { detail: 'Signature has expired' }));
+    render(<App />);
+    expect(await screen.findByRole('button', { name: 'Sign in' })).toBeInTheDocument();
+    expect(getToken()).toBeNull();
+    expect(window.location.pathname).toBe('/signin');
+  });
+
+  it('signs out from the header', async () => {
+    signIn();
+    mockFetch(() => json(200, { items: [], next: null }));
+    const user = userEvent.setup();
+    render(<App />);
+    await user.click(screen.getByRole('button', { name: 'Sign out' }));
+    expect(screen.getByRole('button', { name: 'Sign in' })).toBeInTheDocument();
+    expect(getToken()).toBeNull();
+  });
+});

@@ -1,0 +1,61 @@
+import { useEffect } from 'react';
+import { clearToken } from '../services/api/devices';
+import { SignInPage } from '../features/auth/SignInPage';
+import { DevicePage } from '../features/devices/DevicePage';
+import { FleetPage } from '../features/devices/FleetPage';
+import { useSignedIn } from './auth';
+import { ErrorBoundary } from './ErrorBoundary';
+import { Link, matchRoute, navigate, useLocation } from './router';
+
+/** Where to go after signing in: the `next` of /signin?next=..., if it is one of ours. */
+function nextPath(search: string): string {
+  const next = new URLSearchParams(search).get('next');
+  return next && next.startsWith('/') && !next.startsWith('//') && !next.startsWith('/signin') ? next : '/';
+}
+
+export function App() {
+  const signedIn = useSignedIn();
+  const { pathname, search } = useLocation();
+  const route = matchRoute(pathname);
+
+  useEffect(() => {
+    // Without a token (never signed in, signed out, or a 401) every page becomes the sign-in page.
+    if (!signedIn && route.name !== 'signin') {
+      navigate(`/signin?next=${encodeURIComponent(pathname + search)}`, { replace: true });
+    } else if (signedIn && route.name === 'signin') {
+      navigate(nextPath(search), { replace: true });
+    }
+  }, [signedIn, route.name, pathname, search]);
+
+  if (!signedIn || route.name === 'signin') {
+    return <SignInPage onSignedIn={() => navigate(nextPath(search), { replace: true })} />;
+  }
+
+  return (
+    <>
+      <header className="app-header">
+        <Link to="/" className="brand">
+          IoT Cloud <span className="brand-sub">device twins</span>
+        </Link>
+        <nav aria-label="Main">
+          <Link to="/">Fleet</Link>
+        </nav>
+        <button type="button" className="signout" onClick={() => clearToken()}>
+          Sign out
+        </button>
+      </header>
+      <ErrorBoundary key={pathname}>
+        {route.name === 'fleet' && <FleetPage />}
+        {route.name === 'device' && <DevicePage deviceId={route.deviceId} />}
+        {route.name === 'not-found' && (
+          <main className="page">
+            <h1>Page not found</h1>
+            <p>
+              <Link to="/">Go to the fleet</Link>
+            </p>
+          </main>
+        )}
+      </ErrorBoundary>
+    </>
+  );
+}

@@ -1,0 +1,26 @@
+import { render, screen } from '@testing-library/react';
+import { describe, expect, it } from 'vitest';
+import { SYNC_STATUSES } from '../../services/api/devices';
+import { SyncBadge } from './SyncBadge';
+
+describe('SyncBadge', () => {
+  it.each(SYNC_STATUSES)('shows %s as a word and a colour class', (status) => {
+    const { container } = render(<SyncBadge status={status} />);
+    const badge = container.querySelector('.sync-badge');
+    expect(badge).toHaveTextContent(status);
+    expect(badge).toHaveClass(`sync-badge--${status}`);
+    for (const other of SYNC_STATUSES.filter((s) => s !== status)) {
+      expect(badge).not.toHaveClass(`sync-badge--${other}`);
+    }
+  });
+
+  it('announces itself as the sync status when live', () => {
+    render(<SyncBadge status="pending" live />);
+    expect(screen.getByRole('status', { name: 'Sync status: pending' })).toHaveTextContent('pending');
+  });
+
+  it('is not a live region by default (a fleet table has many)', () => {
+    render(<SyncBadge status="synced" />);
+    expect(screen.queryByRole('status')).toBeNull();
+  });
+});
