@@ -17,7 +17,7 @@ from iotcloud import embedded
 from iotcloud.provisioning import ProvisioningError
 from shared import db
 from shared.errors import DomainError
-from shared.settings import project_home
+from shared.settings import SettingsError, project_home
 
 DEFAULT_PG_PORT = 5544
 DEFAULT_BROKER_PORT = 1884
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.handler(args)
         if isinstance(result, Coroutine):
             asyncio.run(result)
-    except (CliError, embedded.EmbeddedError, ValueError, ProvisioningError) as exc:
+    except (CliError, embedded.EmbeddedError, ValueError, ProvisioningError, SettingsError) as exc:
         print(f"iotcloud: {exc}", file=sys.stderr)
         return 2
     except DomainError as exc:

@@ -64,13 +64,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json_error(exc.status_code, exc.detail, dict(exc.headers or {}) or None)
 
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("database unavailable during %s %s: %r", request.method, request.url.path, exc)
+        return _json_error(503, "database unavailable, retry shortly", {"Retry-After": "1"})
+
+    # Registered per class so the exception middleware answers (the catch-all below would
+    # answer too, but re-raises into the server's error log).
+    for error_class in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error_class, database_unavailable)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, UNAVAILABLE_ERRORS):
-            log.warning(
-                "database unavailable during %s %s: %r", request.method, request.url.path, exc
-            )
-            return _json_error(503, "database unavailable, retry shortly", {"Retry-After": "1"})
         log.exception("unhandled error during %s %s", request.method, request.url.path)
         return _json_error(500, "internal error")
 
