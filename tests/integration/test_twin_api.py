@@ -158,7 +158,7 @@ async def test_operator_api_rejects_bad_desired(stack: Stack) -> None:
 
 
 async def test_device_state_row_matches_the_api(stack: Stack) -> None:
-    admin, device_id, device = await _device(stack)
+    admin, device_id, _ = await _device(stack)
     await stack.ui.patch(
         f"/customer/devices/{device_id}/twin/desired", json={"desired": {"a": 1.5}}, headers=admin
     )
