@@ -6,11 +6,17 @@ all call these functions and never re-implement them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
+import referencing
+import referencing.exceptions
+from jsonschema import Draft202012Validator
+from referencing.jsonschema import DRAFT202012
 
 JSON = Any
 """A decoded JSON value: dict, list, str, int, float, bool or None."""
@@ -177,3 +183,161 @@ def check_limits(document: JSON, limits: Limits, *, what: str) -> None:
             f"{what} is {size} bytes as compact JSON; the limit is {limits.max_state_bytes}",
             too_large=True,
         )
+
+
+# --- per-leaf metadata (SPEC §8) -----------------------------------------------------------
+#
+# The metadata tree mirrors a state tree: where the state holds a non-empty object, the
+# metadata holds an object with the same keys; every leaf of the state (a scalar, an array
+# or an empty object) has ``{"updated_at": <ISO 8601>, "version": <int>}``: when it was last
+# written and the desired/reported version of that write.
+
+
+def leaf_metadata(*, version: int, at: datetime) -> dict[str, JSON]:
+    return {"updated_at": at.isoformat(), "version": version}
+
+
+def is_leaf_metadata(node: JSON) -> bool:
+    """A leaf's stamp, as opposed to a mirrored object (whose values are all objects)."""
+    return (
+        isinstance(node, dict)
+        and node.keys() == {"updated_at", "version"}
+        and isinstance(node["updated_at"], str)
+    )
+
+
+def merge_metadata(
+    metadata: dict[str, JSON], patch: dict[str, JSON], *, version: int, at: datetime
+) -> dict[str, JSON]:
+    """The metadata after ``merge_patch(state, patch)``, given the metadata of ``state``.
+
+    Follows the merge patch key by key: ``null`` removes the leaf's (or subtree's) metadata,
+    a scalar or array stamps its leaf, an object recurses; an object that ends up empty is a
+    leaf of its own and gets the stamp. Never mutates its arguments.
+    """
+    return _merge_metadata(metadata, patch, leaf_metadata(version=version, at=at))
+
+
+def _merge_metadata(
+    metadata: JSON, patch: dict[str, JSON], stamp: dict[str, JSON]
+) -> dict[str, JSON]:
+    mirrored = isinstance(metadata, dict) and not is_leaf_metadata(metadata)
+    result: dict[str, JSON] = dict(metadata) if mirrored else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict):
+            nested = _merge_metadata(result.get(key), value, stamp)
+            result[key] = nested if nested else dict(stamp)
+        else:
+            result[key] = dict(stamp)
+    return result
+
+
+# --- JSON Schema (device models) -----------------------------------------------------------
+#
+# A device model constrains the twin with JSON Schema 2020-12. Only local references ("#...")
+# are allowed, so validating never reaches outside the schema itself.
+
+MAX_SCHEMA_ERRORS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaViolation:
+    """One failed rule: where in the document (RFC 6901 pointer), which keyword, and why."""
+
+    pointer: str
+    rule: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"pointer": self.pointer, "rule": self.rule, "message": self.message}
+
+
+def json_pointer(path: Iterable[str | int]) -> str:
+    """RFC 6901: ``["a", 0, "b/c"]`` is ``/a/0/b~1c``; the whole document is ``""``."""
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
+
+
+def _violation(error: Any, prefix: Iterable[str | int] = ()) -> SchemaViolation:
+    return SchemaViolation(
+        pointer=json_pointer([*prefix, *error.absolute_path]),
+        rule=str(error.validator),
+        message=str(error.message)[:500],
+    )
+
+
+def _sorted_violations(
+    errors: Iterable[Any], prefix: Iterable[str | int] = ()
+) -> list[SchemaViolation]:
+    found = sorted(
+        (_violation(error, prefix) for error in errors), key=lambda v: (v.pointer, v.rule)
+    )
+    return found[:MAX_SCHEMA_ERRORS]
+
+
+def _references(schema: JSON) -> Iterator[tuple[list[str | int], str]]:
+    """Every ``$ref``/``$dynamicRef`` string in a schema, with its location."""
+    stack: list[tuple[JSON, list[str | int]]] = [(schema, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in {"$ref", "$dynamicRef"} and isinstance(value, str):
+                    yield [*path, key], value
+                else:
+                    stack.append((value, [*path, key]))
+        elif isinstance(node, list):
+            stack.extend((child, [*path, index]) for index, child in enumerate(node))
+
+
+def check_schema(schema: JSON, *, where: str = "") -> list[SchemaViolation]:
+    """Why ``schema`` is not a usable JSON Schema 2020-12 (empty when it is).
+
+    Checked against the 2020-12 meta-schema (with its ``regex`` format, so a broken
+    ``pattern`` is caught here and not while validating a device's state); references must be
+    local and must resolve. ``where`` prefixes the pointers (e.g. ``"desired_schema"``).
+    """
+    prefix = [where] if where else []
+    if not isinstance(schema, dict):
+        return [SchemaViolation(json_pointer(prefix), "type", "a schema must be a JSON object")]
+    meta = Draft202012Validator(
+        Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    violations = _sorted_violations(meta.iter_errors(schema), prefix)
+    if violations:
+        return violations
+    resolver = referencing.Registry().resolver_with_root(DRAFT202012.create_resource(schema))
+    for path, reference in _references(schema):
+        pointer = json_pointer([*prefix, *path])
+        if not reference.startswith("#"):
+            violations.append(
+                SchemaViolation(
+                    pointer,
+                    "$ref",
+                    f"only local references ('#...') are allowed, not {reference!r}",
+                )
+            )
+            continue
+        try:
+            resolver.lookup(reference)
+        except referencing.exceptions.Unresolvable:
+            violations.append(SchemaViolation(pointer, "$ref", f"{reference!r} does not resolve"))
+    return sorted(violations, key=lambda v: v.pointer)[:MAX_SCHEMA_ERRORS]
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: bytes) -> Any:
+    return Draft202012Validator(orjson.loads(schema_json))
+
+
+def schema_violations(schema: JSON, document: JSON) -> list[SchemaViolation]:
+    """How ``document`` breaks ``schema`` (a schema :func:`check_schema` accepted), at most
+    :data:`MAX_SCHEMA_ERRORS`, ordered by pointer; empty when it is valid."""
+    validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+    try:
+        return _sorted_violations(validator.iter_errors(document))
+    except referencing.exceptions.Unresolvable as exc:
+        return [
+            SchemaViolation("", "$ref", f"the schema has a reference that does not resolve: {exc}")
+        ]
