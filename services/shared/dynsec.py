@@ -50,9 +50,13 @@ def device_role_name(device_id: str) -> str:
 
 def device_acls(tenant_id: str, device_id: str) -> list[dict[str, Any]]:
     prefix = device_prefix(tenant_id, device_id)
+    # Subscribing with "+" for the tenant (as the acceptance script does) is allowed: device
+    # ids are global, and publishClientReceive still delivers only this device's own topics.
+    any_tenant = f"tenant/+/device/{device_id}/shadow/#"
     return [
         {"acltype": "publishClientSend", "topic": prefix + "reported", "allow": True},
         {"acltype": "subscribePattern", "topic": prefix + "#", "allow": True},
+        {"acltype": "subscribePattern", "topic": any_tenant, "allow": True},
         {"acltype": "publishClientReceive", "topic": prefix + "#", "allow": True},
         {"acltype": "unsubscribePattern", "topic": prefix + "#", "allow": True},
     ]
