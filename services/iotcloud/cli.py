@@ -220,6 +220,8 @@ async def cmd_simulate(args: argparse.Namespace) -> None:
         http_url=args.http_url if args.http else None,
         duration=args.duration,
         prefix=args.prefix,
+        apply_delay=args.apply_delay,
+        progress_every=args.progress_every,
     )
 
 
@@ -282,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=float, default=0.0, help="seconds; 0 runs until stopped"
     )
     simulate.add_argument("--prefix", default="sim", help="device id prefix")
+    simulate.add_argument(
+        "--apply-delay",
+        type=float,
+        default=0.0,
+        help="seconds a device takes to apply desired state",
+    )
+    simulate.add_argument(
+        "--progress-every", type=float, default=2.0, help="seconds between progress lines"
+    )
     simulate.set_defaults(handler=cmd_simulate)
     return parser
 

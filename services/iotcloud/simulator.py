@@ -58,7 +58,9 @@ async def _mqtt_device(
                 try:
                     await client.subscribe(desired_topic(tenant_id, device_id), qos=1)
                     await client.subscribe(reported_topic(tenant_id, device_id) + "/+", qos=1)
-                    await _mqtt_loop(client, tenant_id, device_id, rate, counters, version, desired)
+                    await _mqtt_loop(
+                        client, tenant_id, device_id, rate, apply_delay, counters, version, desired
+                    )
                 finally:
                     counters.connected -= 1
         except aiomqtt.MqttError as exc:
@@ -71,6 +73,7 @@ async def _mqtt_loop(
     tenant_id: str,
     device_id: str,
     rate: float,
+    apply_delay: float,
     counters: Counters,
     version: int,
     desired: dict[str, object],
@@ -98,6 +101,8 @@ async def _mqtt_loop(
             elif isinstance(body.get("desired"), dict) and isinstance(body.get("version"), int):
                 counters.desired_received += 1
                 version, desired = body["version"], body["desired"]
+                if apply_delay > 0:  # a real device takes a moment to apply a configuration
+                    await asyncio.sleep(random.uniform(0.5, 1.5) * apply_delay)  # noqa: S311
                 await report(desired)
 
 
@@ -142,6 +147,8 @@ async def simulate(
     http_url: str | None,
     duration: float,
     prefix: str,
+    apply_delay: float = 0.0,
+    progress_every: float = 2.0,
 ) -> Counters:
     ids = [f"{prefix}-{n:05d}" for n in range(1, count + 1)]
     started = time.monotonic()
@@ -162,11 +169,16 @@ async def simulate(
             for device_id, token in tokens.items()
         ]
         deadline = started + duration if duration > 0 else None
+        last_line = ""
         while deadline is None or time.monotonic() < deadline:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             await asyncio.sleep(
-                2.0 if deadline is None else min(2.0, max(0.0, deadline - time.monotonic()))
+                min(progress_every, remaining) if remaining is not None else progress_every
             )
-            print(counters.line(count), flush=True)
+            line = counters.line(count)
+            if line != last_line:
+                print(line, flush=True)
+                last_line = line
         for device in devices:
             device.cancel()
     print("summary: " + counters.line(count), flush=True)

@@ -72,7 +72,7 @@ async def _stop(children: list[Child]) -> None:
                 child.process.kill()
 
 
-async def _broker_accounts(database_url: str) -> list[DeviceAccount]:
+async def broker_accounts_from_db(database_url: str) -> list[DeviceAccount]:
     conn = await db.connect(database_url, application_name="iotcloud-up")
     try:
         rows = await devices_repo.broker_accounts(conn)
@@ -122,7 +122,7 @@ async def up(*, demo: bool) -> None:
         def rebuild_accounts() -> None:
             # The database is the truth: every broker start gets its accounts from it.
             accounts = asyncio.run_coroutine_threadsafe(
-                _broker_accounts(database_url), loop
+                broker_accounts_from_db(database_url), loop
             ).result()
             broker.prepare(accounts)
 
@@ -130,7 +130,7 @@ async def up(*, demo: bool) -> None:
             raise cli.CliError(
                 "mosquitto is not installed (apt-get install mosquitto), or set MQTT_URL"
             )
-        argv = broker.prepare(await _broker_accounts(database_url))
+        argv = broker.prepare(await broker_accounts_from_db(database_url))
         children.append(Child("broker", argv, before_start=rebuild_accounts))
     children += [
         Child("ui_iot", [*me, "serve", "ui"]),
@@ -152,6 +152,10 @@ async def up(*, demo: bool) -> None:
                     "demo-sensor",
                     "--rate",
                     "0.1",
+                    "--apply-delay",
+                    "3",
+                    "--progress-every",
+                    "300",
                 ],
             )
         )
