@@ -44,6 +44,7 @@ async def _mqtt_device(
     device_id: str,
     token: str,
     rate: float,
+    apply_delay: float,
     counters: Counters,
 ) -> None:
     version = 0
