@@ -163,7 +163,14 @@ async def simulate(
                 _http_device(http_url, token, counters, rate)
                 if http_url
                 else _mqtt_device(
-                    target.host, target.port, tenant_id, device_id, token, rate, counters
+                    target.host,
+                    target.port,
+                    tenant_id,
+                    device_id,
+                    token,
+                    rate,
+                    apply_delay,
+                    counters,
                 ),
                 name=device_id,
             )
