@@ -64,8 +64,10 @@ async def _mqtt_device(
                     )
                 finally:
                     counters.connected -= 1
-        except aiomqtt.MqttError as exc:
-            counters.errors.append(f"{device_id}: {exc}")
+        except (aiomqtt.MqttError, ExceptionGroup) as exc:
+            # Includes a refused login (token rotated by an operator): keep trying, slowly.
+            counters.errors.append(f"{device_id}: {exc!r}")
+            del counters.errors[:-100]
             await asyncio.sleep(next_delay())
 
 
