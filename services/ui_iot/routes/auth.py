@@ -25,7 +25,7 @@ async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], conn: Conn, settings: AppSettings
 ) -> TokenOut:
     user = await users.by_email(conn, form.username)
-    if user is None or not verify_password(user["password_hash"], form.password):
+    if not verify_password(user["password_hash"] if user else None, form.password) or user is None:
         raise Unauthorized("incorrect e-mail or password")
     who = Principal(user["user_id"], user["email"], user["tenant_id"], user["role"])
     token = issue_token(who, secret=settings.jwt_secret, ttl_s=settings.jwt_ttl_s)
