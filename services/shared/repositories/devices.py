@@ -163,3 +163,48 @@ async def revoked_ids(conn: Connection) -> list[str]:
         row["device_id"]
         for row in await conn.fetch("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL")
     ]
+
+
+async def get_profile(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
+    """A live device's summary columns and its model id."""
+    return await conn.fetchrow(
+        f"""SELECT {_LIST_COLUMNS}, d.model_id
+            FROM devices d JOIN device_state s USING (device_id)
+            WHERE d.device_id = $1 AND d.tenant_id = $2 AND d.revoked_at IS NULL""",  # noqa: S608
+        device_id,
+        tenant_id,
+    )
+
+
+async def update_profile(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    device_id: str,
+    name: str | None,
+    set_tags: dict[str, str],
+    remove_tags: list[str],
+    model_id: str | None,
+    change_model: bool,
+) -> int | None:
+    """Rename, merge tags (removals, then additions) and set or clear the model, in one
+    statement so concurrent edits of different tags never lose each other.
+
+    Returns the number of tags the device has afterwards, or None when it is not live.
+    """
+    count: int | None = await conn.fetchval(
+        """UPDATE devices
+           SET name = COALESCE($3, name),
+               tags = (tags - $5::text[]) || $4::jsonb,
+               model_id = CASE WHEN $7 THEN $6 ELSE model_id END
+           WHERE device_id = $1 AND tenant_id = $2 AND revoked_at IS NULL
+           RETURNING (SELECT count(*) FROM jsonb_object_keys(tags))""",
+        device_id,
+        tenant_id,
+        name,
+        set_tags,
+        remove_tags,
+        model_id,
+        change_model,
+    )
+    return count

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db import transaction
-from shared.errors import NotFound, PreconditionFailed, Unprocessable
+from shared.errors import NotFound, Unprocessable
 from shared.repositories import devices as devices_repo
-from shared.services import broker_accounts, devices, twins
+from shared.services import broker_accounts, device_profiles, devices, history, twins
+from shared.services.history import Actor
 from shared.web import json_body
 from ui_iot.deps import Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
 
@@ -32,6 +33,17 @@ class DeviceCreated(BaseModel):
 
 class TokenRotated(BaseModel):
     provision_token: str
+
+
+class DevicePatch(BaseModel):
+    """Fields left out are unchanged. ``tags`` is a merge patch of string values (``null``
+    deletes a tag); ``model_id: null`` detaches the device from its model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    tags: dict[str, str | None] | None = None
+    model_id: str | None = Field(default=None, pattern=_DEVICE_ID)
 
 
 _PATCH_DESIRED_BODY = {
@@ -57,14 +69,18 @@ def _etag(version: int) -> str:
 
 
 def _parse_if_match(value: str | None) -> int | None:
-    if value is None:
+    """The desired version an ``If-Match`` asks for; None for no condition (absent or ``*``).
+
+    A header that is not one entity tag is malformed (422), not a failed precondition.
+    """
+    if value is None or value.strip() == "*":
         return None
     text = value.strip()
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
-        raise PreconditionFailed(f"If-Match must be a desired version like '\"3\"', got {value!r}")
+    if not text.isdigit() or len(text) > 18:
+        raise Unprocessable(f"If-Match must be one entity tag like '\"3\"', got {value!r}")
     return int(text)
 
 
@@ -106,10 +122,38 @@ async def create_device(body: DeviceCreate, who: Admin, pool: Pool, link: Link) 
 async def get_device(
     device_id: str, who: Viewer, conn: Conn, settings: AppSettings
 ) -> dict[str, Any]:
-    row = await devices_repo.get_live(conn, tenant_id=who.tenant_id, device_id=device_id)
-    if row is None:
-        raise NotFound(f"device {device_id!r} not found")
-    return devices.device_summary(row, stale_after=settings.stale_after)
+    return await device_profiles.profile(
+        conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
+    )
+
+
+@router.patch(
+    "/{device_id}",
+    responses={
+        404: {"description": "no such device in your tenant"},
+        422: {
+            "description": "malformed patch, unknown model, more than 64 tags, or the "
+            "device's current desired state does not match the model's desired_schema "
+            "(`detail.errors` lists `{pointer, rule, message}`)"
+        },
+    },
+)
+async def update_device(
+    device_id: str, body: DevicePatch, who: Admin, conn: Conn, settings: AppSettings
+) -> dict[str, Any]:
+    """Rename, merge tags, set or clear the device model. Returns the device with `model_id`."""
+    if "name" in body.model_fields_set and body.name is None:
+        raise Unprocessable("name cannot be null")
+    return await device_profiles.update_device(
+        conn,
+        tenant_id=who.tenant_id,
+        device_id=device_id,
+        name=body.name,
+        tags=body.tags,
+        model_id=body.model_id,
+        change_model="model_id" in body.model_fields_set,
+        stale_after=settings.stale_after,
+    )
 
 
 @router.delete("/{device_id}", status_code=204)
@@ -169,12 +213,29 @@ async def patch_desired(
 
 @router.get("/{device_id}/twin/delta")
 async def get_delta(
+        actor=Actor.user(who.email),
     device_id: str, who: Viewer, conn: Conn, settings: AppSettings
 ) -> dict[str, Any]:
     document = await twins.get_twin(
         conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
     )
     return {
+@router.get("/{device_id}/twin/history")
+async def get_history(
+    device_id: str,
+    who: Viewer,
+    conn: Conn,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Accepted desired writes and reports, newest first; pass `next` as `cursor` for older."""
+    if not await devices_repo.live_belongs(conn, tenant_id=who.tenant_id, device_id=device_id):
+        raise NotFound(f"device {device_id!r} not found")
+    return await history.page(
+        conn, tenant_id=who.tenant_id, device_id=device_id, cursor=cursor, limit=limit
+    )
+
+
         "device_id": device_id,
         "delta": document["delta"],
         "in_sync": not document["delta"]
