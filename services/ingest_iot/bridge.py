@@ -20,6 +20,8 @@ from shared.mqtt import BrokerLink, RetryLater
 from shared.repositories import devices as devices_repo
 from shared.repositories import twin_state
 from shared.services import twins
+from shared.services.history import Actor
+from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
 from shared.settings import Settings
 from shared.topics import parse_reported, reply_topic
 
@@ -68,7 +70,12 @@ class ReportBridge:
                 decoded = _decode(payload)
                 report = twins.parse_report(decoded, limits)
                 outcome = await twins.apply_report(
-                    conn, tenant_id=tenant_id, device_id=device_id, report=report, limits=limits
+                    conn,
+                    tenant_id=tenant_id,
+                    device_id=device_id,
+                    report=report,
+                    limits=limits,
+                    actor=Actor.device(),
                 )
             except DomainError as exc:
                 REPORTS.labels(
@@ -78,6 +85,8 @@ class ReportBridge:
                 rejected = twins.ReportOutcome(False, current, str(exc.detail))
                 return rejected.as_json(_client_token(decoded))
         REPORTS.labels("mqtt", "accepted" if outcome.accepted else "version").inc()
+        if outcome.schema_violations:
+            REPORTED_SCHEMA_VIOLATIONS.labels("mqtt").inc()
         return outcome.as_json(report.client_token)
 
 

@@ -15,6 +15,8 @@ from shared.repositories import devices as devices_repo
 from shared.repositories import twin_state
 from shared.security import TOKEN_PREFIX, hash_provision_token
 from shared.services import twins
+from shared.services.history import Actor
+from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
 from shared.settings import Settings
 from shared.web import ORJSONResponse, json_body
 
@@ -86,9 +88,16 @@ async def post_reported(request: Request, device: Device) -> Response:
         raise
     async with transaction(_pool(request)) as conn:
         outcome = await twins.apply_report(
-            conn, tenant_id=tenant_id, device_id=device_id, report=report, limits=settings.limits
+            conn,
+            tenant_id=tenant_id,
+            device_id=device_id,
+            report=report,
+            limits=settings.limits,
+            actor=Actor.device(),
         )
     REPORTS.labels("http", "accepted" if outcome.accepted else "version").inc()
+    if outcome.schema_violations:
+        REPORTED_SCHEMA_VIOLATIONS.labels("http").inc()
     return ORJSONResponse(
         outcome.as_json(report.client_token), status_code=200 if outcome.accepted else 409
     )

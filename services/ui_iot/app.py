@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -14,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from shared import db
 from shared.mqtt import BrokerLink, parse_mqtt_url
+from shared.services import history
 from shared.settings import Settings
 from shared.web import (
     BodyLimitMiddleware,
@@ -23,7 +25,7 @@ from shared.web import (
     install_health,
     install_metrics,
 )
-from ui_iot.routes import auth, devices
+from ui_iot.routes import auth, devices, models
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
 _API_PREFIXES = ("customer/", "auth/", "docs", "openapi.json", "metrics", "healthz", "readyz")
@@ -40,11 +42,19 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         )
         try:
             async with asyncio.TaskGroup() as tasks:
-                link = tasks.create_task(app.state.broker.run(), name="broker-link")
+                running = [tasks.create_task(app.state.broker.run(), name="broker-link")]
+                if settings.history_retention_days > 0:
+                    retention = history.run_retention(
+                        app.state.pool,
+                        retention_days=settings.history_retention_days,
+                        interval=timedelta(hours=1),
+                    )
+                    running.append(tasks.create_task(retention, name="history-retention"))
                 try:
                     yield
                 finally:
-                    link.cancel()
+                    for task in running:
+                        task.cancel()
         finally:
             await app.state.pool.close()
 
@@ -68,6 +78,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     install_health(app, ready)
     app.include_router(auth.router)
     app.include_router(devices.router)
+    app.include_router(models.router)
     _serve_console(app, console_dir)
     return app
 

@@ -67,3 +67,81 @@ async def touch(conn: Connection, *, device_id: str) -> int:
         device_id,
     )
     return version
+
+
+# The twin with its per-leaf metadata and the device's model, for the operator API and for
+# writes that keep metadata and history (shared.services.twins).
+_DOCUMENT_COLUMNS = f"""{_TWIN_COLUMNS}, s.desired_metadata, s.reported_metadata"""
+
+
+async def get_document(
+    conn: Connection, *, tenant_id: str, device_id: str
+) -> asyncpg.Record | None:
+    """The twin, its metadata, the device's model id and that model's reported schema."""
+    return await conn.fetchrow(
+        f"""SELECT {_DOCUMENT_COLUMNS}, d.model_id, m.reported_schema
+            FROM device_state s
+            JOIN devices d USING (device_id)
+            LEFT JOIN device_models m ON m.tenant_id = d.tenant_id AND m.model_id = d.model_id
+            WHERE s.device_id = $1 AND s.tenant_id = $2""",  # noqa: S608 - fixed column list
+        device_id,
+        tenant_id,
+    )
+
+
+async def lock_document(
+    conn: Connection, *, tenant_id: str, device_id: str
+) -> asyncpg.Record | None:
+    """The twin row locked until the transaction ends, with the device's model id and the
+    transaction's clock (``now``), which stamps metadata and history alike."""
+    return await conn.fetchrow(
+        f"""SELECT {_DOCUMENT_COLUMNS}, d.model_id, now() AS now
+            FROM device_state s JOIN devices d USING (device_id)
+            WHERE s.device_id = $1 AND s.tenant_id = $2
+            FOR UPDATE OF s""",  # noqa: S608
+        device_id,
+        tenant_id,
+    )
+
+
+async def write_desired_document(
+    conn: Connection,
+    *,
+    device_id: str,
+    desired: dict[str, Any],
+    metadata: dict[str, Any],
+    version: int,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"""UPDATE device_state s
+            SET desired_state = $2, desired_metadata = $3, desired_version = $4,
+                shadow_updated_at = now()
+            WHERE s.device_id = $1
+            RETURNING {_DOCUMENT_COLUMNS}""",  # noqa: S608
+        device_id,
+        desired,
+        metadata,
+        version,
+    )
+    assert row is not None
+    return row
+
+
+async def write_reported_document(
+    conn: Connection,
+    *,
+    device_id: str,
+    reported: dict[str, Any],
+    metadata: dict[str, Any],
+    version: int,
+) -> None:
+    await conn.execute(
+        """UPDATE device_state
+           SET reported_state = $2, reported_metadata = $3, reported_version = $4,
+               shadow_updated_at = now(), last_seen = now()
+           WHERE device_id = $1""",
+        device_id,
+        reported,
+        metadata,
+        version,
+    )

@@ -205,21 +205,13 @@ async def patch_desired(
         patch=body["desired"],
         limits=settings.limits,
         stale_after=settings.stale_after,
+        actor=Actor.user(who.email),
         if_match=_parse_if_match(if_match),
     )
     response.headers["ETag"] = _etag(document["desired_version"])
     return document
 
 
-@router.get("/{device_id}/twin/delta")
-async def get_delta(
-        actor=Actor.user(who.email),
-    device_id: str, who: Viewer, conn: Conn, settings: AppSettings
-) -> dict[str, Any]:
-    document = await twins.get_twin(
-        conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
-    )
-    return {
 @router.get("/{device_id}/twin/history")
 async def get_history(
     device_id: str,
@@ -236,6 +228,14 @@ async def get_history(
     )
 
 
+@router.get("/{device_id}/twin/delta")
+async def get_delta(
+    device_id: str, who: Viewer, conn: Conn, settings: AppSettings
+) -> dict[str, Any]:
+    document = await twins.get_twin(
+        conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
+    )
+    return {
         "device_id": device_id,
         "delta": document["delta"],
         "in_sync": not document["delta"]

@@ -1,0 +1,133 @@
+"""Operator routes for device models: JSON Schema (2020-12) for the twin (SPEC §8)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.errors import NotFound, Unprocessable
+from shared.services import models
+from ui_iot.deps import Admin, AppSettings, Conn, Viewer
+
+router = APIRouter(prefix="/customer/models", tags=["models"])
+
+_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_MODEL_ID_RE = re.compile(_MODEL_ID)
+
+_SCHEMA_ERRORS = (
+    "`detail` is `{message, errors: [{pointer, rule, message}]}`; `pointer` is the JSON "
+    "pointer into the request body (e.g. `/desired_schema/properties/x/type`)"
+)
+
+
+class ModelSchemas(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    desired_schema: dict[str, Any] = Field(
+        description="JSON Schema 2020-12 for the desired state; local `$ref`s only"
+    )
+    reported_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON Schema 2020-12 for the reported state; reports that break it are "
+        "accepted and flagged in the twin's `reported_schema_errors`",
+    )
+
+
+class ModelCreate(ModelSchemas):
+    model_id: str = Field(pattern=_MODEL_ID)
+
+
+class Model(BaseModel):
+    model_id: str
+    desired_schema: dict[str, Any]
+    reported_schema: dict[str, Any] | None
+    created_at: str
+    updated_at: str
+
+
+class ModelWithCount(Model):
+    device_count: int
+
+
+class ModelPage(BaseModel):
+    items: list[Model]
+    next: str | None
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Model,
+    responses={
+        409: {"description": "the model id is taken: change a model with PUT"},
+        422: {"description": "invalid schema: " + _SCHEMA_ERRORS},
+    },
+)
+async def create_model(
+    body: ModelCreate, who: Admin, conn: Conn, settings: AppSettings
+) -> dict[str, Any]:
+    """Create a model. Its id is unique within the tenant; to change it, use PUT."""
+    return await models.create_model(
+        conn,
+        tenant_id=who.tenant_id,
+        model_id=body.model_id,
+        desired_schema=body.desired_schema,
+        reported_schema=body.reported_schema,
+        limits=settings.limits,
+    )
+
+
+@router.get("", response_model=ModelPage)
+async def list_models(
+    who: Viewer,
+    conn: Conn,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    if cursor is not None and not _MODEL_ID_RE.match(cursor):
+        raise Unprocessable("cursor is not valid")
+    return await models.list_models(conn, tenant_id=who.tenant_id, cursor=cursor, limit=limit)
+
+
+@router.get("/{model_id}", response_model=ModelWithCount)
+async def get_model(model_id: Annotated[str, Path()], who: Viewer, conn: Conn) -> dict[str, Any]:
+    if not _MODEL_ID_RE.match(model_id):
+        raise NotFound(f"model {model_id!r} not found")
+    return await models.get_model(conn, tenant_id=who.tenant_id, model_id=model_id)
+
+
+@router.put(
+    "/{model_id}",
+    response_model=Model,
+    responses={
+        404: {"description": "no such model in your tenant (create it with POST)"},
+        409: {
+            "description": "the new desired_schema would make the current desired state of "
+            "some of the model's devices invalid; `detail` is `{message, invalid_count, "
+            "devices: [{device_id, errors: [{pointer, rule, message}]}]}` (at most 5 devices)"
+        },
+        422: {"description": "invalid schema: " + _SCHEMA_ERRORS},
+    },
+)
+async def replace_model(
+    model_id: Annotated[str, Path()],
+    body: ModelSchemas,
+    who: Admin,
+    conn: Conn,
+    settings: AppSettings,
+) -> dict[str, Any]:
+    """Replace a model's schemas. Refused (409) if any of its devices' current desired state
+    breaks the new desired_schema; the reported_schema may change freely."""
+    if not _MODEL_ID_RE.match(model_id):
+        raise NotFound(f"model {model_id!r} not found")
+    return await models.replace_schemas(
+        conn,
+        tenant_id=who.tenant_id,
+        model_id=model_id,
+        desired_schema=body.desired_schema,
+        reported_schema=body.reported_schema,
+        limits=settings.limits,
+    )
