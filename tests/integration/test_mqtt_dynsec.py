@@ -87,9 +87,7 @@ async def test_a_device_can_touch_only_its_own_twin(stack: Stack) -> None:
         refused = await device_a.subscribe(desired_topic(tenant_id, b["device_id"]), qos=1)
         assert list(refused) == [128]
         assert list(await device_a.subscribe("tenant/#", qos=1)) == [128]
-        assert list(await device_a.subscribe("$share/x/tenant/+/device/+/shadow/#", qos=1)) == [
-            128
-        ]
+        assert list(await device_a.subscribe("$share/x/tenant/+/device/+/shadow/#", qos=1)) == [128]
         own = await device_a.subscribe(
             f"tenant/{tenant_id}/device/{a['device_id']}/shadow/#", qos=1
         )
@@ -217,6 +215,8 @@ async def test_a_broker_that_lost_its_account_file_is_rebuilt_from_the_database(
     stack.broker.kill()
     stack.broker.embedded.dynsec_file.unlink()
     stack.broker.start(await broker_accounts_from_db(stack.settings.database_url))
-    async with device_client(stack.broker.port, device["device_id"], device["provision_token"]) as c:
+    async with device_client(
+        stack.broker.port, device["device_id"], device["provision_token"]
+    ) as c:
         granted = await c.subscribe(desired_topic(tenant_id, device["device_id"]), qos=1)
         assert list(granted) == [1]

@@ -10,6 +10,7 @@ import orjson
 
 from shared.topics import desired_topic
 from tests.conftest import Stack
+from tests.support import eventually
 
 
 async def test_seed_steps_1_to_8(stack: Stack) -> None:
@@ -60,6 +61,16 @@ async def test_seed_steps_1_to_8(stack: Stack) -> None:
     assert patched.json()["desired"] == desired
 
     # Step 5: the retained message is on the broker, readable with the device's own login.
+    # (Wait until it is out: a subscriber already there would get it live, without the flag.)
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT published_version = 1 FROM device_state WHERE device_id = $1", device_id
+            )
+        )
+    finally:
+        await conn.close()
     async with aiomqtt.Client(
         "127.0.0.1", stack.broker.port, username=device_id, password=token, identifier=device_id
     ) as client:
