@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from shared import db
 from shared.mqtt import BrokerLink, parse_mqtt_url
-from shared.services import history
+from shared.services import events, fleet, history
 from shared.settings import Settings
 from shared.web import (
     BodyLimitMiddleware,
@@ -26,6 +26,8 @@ from shared.web import (
     install_metrics,
 )
 from ui_iot.routes import auth, devices, models
+from ui_iot.routes import events as event_routes
+from ui_iot.routes import fleet as fleet_routes
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
 _API_PREFIXES = ("customer/", "auth/", "docs", "openapi.json", "metrics", "healthz", "readyz")
@@ -40,9 +42,20 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         app.state.broker = BrokerLink(
             parse_mqtt_url(settings.mqtt_url), client_id=f"ui_iot-{uuid.uuid4().hex[:12]}"
         )
+        app.state.events = events.EventHub(app.state.pool, settings.database_url)
+        jobs = fleet.JobRunner(
+            app.state.pool,
+            settings.database_url,
+            limits=settings.limits,
+            stale_after=settings.stale_after,
+        )
         try:
             async with asyncio.TaskGroup() as tasks:
-                running = [tasks.create_task(app.state.broker.run(), name="broker-link")]
+                running = [
+                    tasks.create_task(app.state.broker.run(), name="broker-link"),
+                    tasks.create_task(app.state.events.run(), name="twin-event-hub"),
+                    tasks.create_task(jobs.run(), name="fleet-job-runner"),
+                ]
                 if settings.history_retention_days > 0:
                     retention = history.run_retention(
                         app.state.pool,
@@ -53,6 +66,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
                 try:
                     yield
                 finally:
+                    app.state.events.close()  # ends open event streams
                     for task in running:
                         task.cancel()
         finally:
@@ -78,6 +92,8 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     install_health(app, ready)
     app.include_router(auth.router)
     app.include_router(devices.router)
+    app.include_router(fleet_routes.router)
+    app.include_router(event_routes.router)
     app.include_router(models.router)
     _serve_console(app, console_dir)
     return app

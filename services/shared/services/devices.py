@@ -111,23 +111,71 @@ def device_summary(row: asyncpg.Record, *, stale_after: timedelta) -> dict[str, 
     }
 
 
+MAX_TAG_FILTERS = 10
+MAX_TEXT_QUERY = 200
+
+
+def parse_tag_filters(values: list[str]) -> dict[str, str]:
+    """``["key:value", ...]`` as a tags object every match must contain."""
+    if len(values) > MAX_TAG_FILTERS:
+        raise Unprocessable(f"at most {MAX_TAG_FILTERS} tag filters")
+    tags: dict[str, str] = {}
+    for value in values:
+        key, sep, wanted = value.partition(":")
+        if not sep or not key:
+            raise Unprocessable(f"tag filter must look like key:value, got {value!r}")
+        if key in tags and tags[key] != wanted:
+            raise Unprocessable(f"tag {key!r} is asked for with two values")
+        tags[key] = wanted
+    return tags
+
+
+def device_filter(
+    *,
+    sync_status: str | None = None,
+    tags: dict[str, str] | None = None,
+    model_id: str | None = None,
+    text: str | None = None,
+    device_ids: list[str] | None = None,
+) -> devices_repo.DeviceFilter:
+    """A validated filter; bad values are 422, never a database error."""
+    if sync_status is not None and sync_status not in SYNC_STATUSES:
+        raise Unprocessable(f"sync_status must be one of {', '.join(SYNC_STATUSES)}")
+    if text is not None and len(text) > MAX_TEXT_QUERY:
+        raise Unprocessable(f"q is longer than {MAX_TEXT_QUERY} characters")
+    if "\x00" in (text or "") or any("\x00" in k + v for k, v in (tags or {}).items()):
+        raise Unprocessable("filters cannot contain NUL characters")
+    if model_id is not None and not DEVICE_ID_RE.match(model_id):
+        raise Unprocessable(f"{model_id!r} is not a model id")
+    if device_ids is not None:
+        bad = next((d for d in device_ids if not DEVICE_ID_RE.match(d)), None)
+        if bad is not None:
+            raise Unprocessable(f"{bad!r} is not a device id")
+    return devices_repo.DeviceFilter(
+        sync_status=sync_status,
+        tags=tags or {},
+        model_id=model_id,
+        text=text or None,
+        device_ids=tuple(device_ids) if device_ids is not None else None,
+    )
+
+
 async def list_devices(
     conn: Connection,
     *,
     tenant_id: str,
+    device_filter: devices_repo.DeviceFilter,
     cursor: str | None,
     limit: int,
-    sync_status: str | None,
     stale_after: timedelta,
 ) -> dict[str, Any]:
-    if sync_status is not None and sync_status not in SYNC_STATUSES:
-        raise Unprocessable(f"sync_status must be one of {', '.join(SYNC_STATUSES)}")
+    """A page of the filtered list, read from the database as it is now (never stale)."""
     rows = await devices_repo.list_page(
         conn,
         tenant_id=tenant_id,
+        device_filter=device_filter,
         after=decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
-        sync_status=sync_status,
         stale_after=stale_after,
     )
     page = rows[:limit]

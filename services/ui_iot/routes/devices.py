@@ -90,15 +90,23 @@ async def list_devices(
     conn: Conn,
     settings: AppSettings,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
     sync_status: str | None = None,
+    tag: Annotated[list[str] | None, Query(description="key:value; repeat to AND")] = None,
+    model_id: str | None = None,
+    q: Annotated[str | None, Query(description="text in the device id or name")] = None,
 ) -> dict[str, Any]:
     return await devices.list_devices(
         conn,
         tenant_id=who.tenant_id,
+        device_filter=devices.device_filter(
+            sync_status=sync_status,
+            tags=devices.parse_tag_filters(tag or []),
+            model_id=model_id,
+            text=q,
+        ),
         cursor=cursor,
         limit=limit,
-        sync_status=sync_status,
         stale_after=settings.stale_after,
     )
 

@@ -1,0 +1,204 @@
+"""Fleet-wide reads (the summary) and the bulk desired jobs' tables."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from shared.db import Connection
+from shared.repositories.devices import DeviceFilter, filter_sql
+
+_JOB_COLUMNS = """job_id, tenant_id, filter, patch, created_by, status, matched, written,
+       skipped, failed, error, created_at, updated_at, finished_at"""
+
+
+async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -> asyncpg.Record:
+    """Counts by sync status; each count is one index range (stale: last_seen, pending: the
+    pending partial index), and synced is what is left."""
+    row = await conn.fetchrow(
+        """SELECT
+             (SELECT count(*) FROM device_state WHERE tenant_id = $1) AS total,
+             (SELECT count(*) FROM device_state
+              WHERE tenant_id = $1
+                AND (last_seen IS NULL OR last_seen < now() - $2::interval)) AS stale,
+             (SELECT count(*) FROM device_state
+              WHERE tenant_id = $1 AND desired_version > reported_version
+                AND last_seen >= now() - $2::interval) AS pending""",
+        tenant_id,
+        stale_after,
+    )
+    assert row is not None
+    return row
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+async def insert_job(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    filter_document: dict[str, Any],
+    patch: dict[str, Any],
+    created_by: str,
+) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    await conn.execute(
+        """INSERT INTO fleet_jobs (job_id, tenant_id, filter, patch, created_by)
+           VALUES ($1, $2, $3, $4, $5)""",
+        job_id,
+        tenant_id,
+        filter_document,
+        patch,
+        created_by,
+    )
+    return job_id
+
+
+async def get_job(conn: Connection, *, tenant_id: str, job_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_JOB_COLUMNS} FROM fleet_jobs WHERE job_id = $1 AND tenant_id = $2",  # noqa: S608
+        job_id,
+        tenant_id,
+    )
+
+
+async def recent_jobs(conn: Connection, *, tenant_id: str, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT {_JOB_COLUMNS} FROM fleet_jobs WHERE tenant_id = $1
+            ORDER BY created_at DESC LIMIT $2""",  # noqa: S608
+        tenant_id,
+        limit,
+    )
+
+
+async def synced_count(conn: Connection, *, job_id: uuid.UUID) -> int:
+    """Devices that have reported the version this job wrote to them (or a later one)."""
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM fleet_job_devices j
+           JOIN device_state s ON s.device_id = j.device_id
+           WHERE j.job_id = $1 AND j.outcome = 'written' AND s.reported_version >= j.version""",
+        job_id,
+    )
+    return count
+
+
+async def claim_unmatched(conn: Connection, *, job_id: uuid.UUID | None) -> asyncpg.Record | None:
+    """A running job (any, or this one) whose device set is not recorded yet, locked so that
+    one runner records it."""
+    return await conn.fetchrow(
+        f"""SELECT {_JOB_COLUMNS} FROM fleet_jobs
+            WHERE status = 'running' AND matched IS NULL AND ($1::uuid IS NULL OR job_id = $1)
+            ORDER BY created_at
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED""",  # noqa: S608
+        job_id,
+    )
+
+
+async def record_matches(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    tenant_id: str,
+    device_filter: DeviceFilter,
+    stale_after: timedelta,
+) -> int:
+    """Fix the job's device set: the devices its filter matches now."""
+    params: list[Any] = [job_id]
+    where = filter_sql(device_filter, tenant_id=tenant_id, stale_after=stale_after, params=params)
+    matched: int = await conn.fetchval(
+        f"""WITH matched AS (
+                INSERT INTO fleet_job_devices (job_id, device_id)
+                SELECT $1, d.device_id
+                FROM devices d JOIN device_state s ON s.device_id = d.device_id
+                WHERE {where}
+                ON CONFLICT DO NOTHING
+                RETURNING 1)
+            UPDATE fleet_jobs SET matched = (SELECT count(*) FROM matched), updated_at = now()
+            WHERE job_id = $1
+            RETURNING matched""",  # noqa: S608 - only fixed fragments are interpolated
+        *params,
+    )
+    return matched
+
+
+async def running_jobs(conn: Connection) -> list[asyncpg.Record]:
+    """Running jobs with a recorded device set, least recently advanced first (round robin)."""
+    return await conn.fetch(
+        f"""SELECT {_JOB_COLUMNS} FROM fleet_jobs
+            WHERE status = 'running' AND matched IS NOT NULL
+            ORDER BY updated_at
+            LIMIT 50"""  # noqa: S608
+    )
+
+
+async def claim_devices(conn: Connection, *, job_id: uuid.UUID, limit: int) -> list[str]:
+    """The next devices still to do, locked for this transaction; other runners skip them,
+    so each device is written by exactly one runner, once."""
+    rows = await conn.fetch(
+        """SELECT device_id FROM fleet_job_devices
+           WHERE job_id = $1 AND outcome IS NULL
+           ORDER BY device_id
+           LIMIT $2
+           FOR UPDATE SKIP LOCKED""",
+        job_id,
+        limit,
+    )
+    return [row["device_id"] for row in rows]
+
+
+async def record_outcomes(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    device_ids: list[str],
+    outcomes: list[str],
+    versions: list[int | None],
+    errors: list[str | None],
+) -> None:
+    await conn.execute(
+        """UPDATE fleet_job_devices j
+           SET outcome = o.outcome, version = o.version, error = o.error
+           FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[])
+                AS o (device_id, outcome, version, error)
+           WHERE j.job_id = $1 AND j.device_id = o.device_id""",
+        job_id,
+        device_ids,
+        outcomes,
+        versions,
+        errors,
+    )
+    written = outcomes.count("written")
+    skipped = outcomes.count("skipped")
+    failed = outcomes.count("failed")
+    first_error = next((error for error in errors if error), None)
+    await conn.execute(
+        """UPDATE fleet_jobs
+           SET written = written + $2, skipped = skipped + $3, failed = failed + $4,
+               error = COALESCE(error, $5), updated_at = now()
+           WHERE job_id = $1""",
+        job_id,
+        written,
+        skipped,
+        failed,
+        first_error,
+    )
+
+
+async def finish_if_complete(conn: Connection, *, job_id: uuid.UUID) -> bool:
+    """Close the job once no device is left to do: 'failed' if any write was refused."""
+    finished = await conn.fetchval(
+        """UPDATE fleet_jobs
+           SET status = CASE WHEN failed > 0 THEN 'failed' ELSE 'done' END,
+               finished_at = now(), updated_at = now()
+           WHERE job_id = $1 AND status = 'running' AND matched IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM fleet_job_devices
+                             WHERE job_id = $1 AND outcome IS NULL)
+           RETURNING true""",
+        job_id,
+    )
+    return bool(finished)
