@@ -20,6 +20,8 @@ from shared.errors import DomainError
 from shared.settings import SettingsError, project_home
 
 DEFAULT_PG_PORT = 5544
+CLI_ACTOR = "iotcloud-cli"
+_JOB_COUNTS = ("job_id", "status", "matched", "written", "synced", "skipped", "failed", "error")
 DEFAULT_BROKER_PORT = 1884
 
 
@@ -28,6 +30,11 @@ class CliError(Exception):
 
 
 def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.isdigit() else default
+
+
+def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     return int(raw) if raw.isdigit() else default
 
@@ -225,6 +232,89 @@ async def cmd_simulate(args: argparse.Namespace) -> None:
     )
 
 
+async def cmd_fleet_set_desired(args: argparse.Namespace) -> None:
+    """Queue a bulk desired job and run it here, with a progress bar; ends with the counts.
+
+    Exits 1 when some device refused the write (the job is then "failed").
+    """
+    from datetime import timedelta
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from shared.repositories import tenants
+    from shared.services import fleet
+    from shared.twin import Limits
+
+    try:
+        desired = orjson.loads(args.desired)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"--desired is not valid JSON: {exc}") from exc
+    filter_document: dict[str, Any] = {}
+    if args.tag:
+        filter_document["tag"] = args.tag
+    if args.status:
+        filter_document["sync_status"] = args.status
+    if args.model:
+        filter_document["model_id"] = args.model
+    if args.device:
+        filter_document["device_ids"] = args.device
+    if args.q:
+        filter_document["q"] = args.q
+    # The same settings, with the same defaults, as the services (shared.settings).
+    limits = Limits(
+        max_state_bytes=_env_int("IOTCLOUD_MAX_STATE_BYTES", 64 * 1024),
+        max_depth=_env_int("IOTCLOUD_MAX_DEPTH", 16),
+    )
+    stale_after = timedelta(seconds=_env_int("IOTCLOUD_STALE_AFTER_S", 3600))
+    request = fleet.parse_job_request({"filter": filter_document, "desired": desired}, limits)
+
+    url = database_url()
+    pool = await db.create_pool(url, application_name="iotcloud-fleet", max_size=args.workers + 2)
+    try:
+        async with db.transaction(pool) as conn:
+            await db.migrate(conn)
+            if not await tenants.exists(conn, args.tenant):
+                raise CliError(f"no tenant {args.tenant!r}")
+            job_id = await fleet.create_job(
+                conn, tenant_id=args.tenant, request=request, created_by=CLI_ACTOR
+            )
+        print(f"job {job_id}", file=sys.stderr)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        ) as progress:
+            bar = progress.add_task("matching", total=None)
+
+            def show(job: dict[str, Any]) -> None:
+                done = job["written"] + job["skipped"] + job["failed"]
+                progress.update(
+                    bar,
+                    description="writing" if job["status"] == "running" else job["status"],
+                    total=job["matched"] if done or job["matched"] else None,
+                    completed=done,
+                )
+
+            final = await fleet.run_to_completion(
+                pool,
+                job_id,
+                tenant_id=args.tenant,
+                limits=limits,
+                stale_after=stale_after,
+                on_progress=show,
+                workers=args.workers,
+                batch_size=args.batch_size,
+            )
+    finally:
+        await pool.close()
+    _print_json({key: final[key] for key in _JOB_COUNTS})
+    if final["status"] != "done":
+        raise SystemExit(1)
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -294,6 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-every", type=float, default=2.0, help="seconds between progress lines"
     )
     simulate.set_defaults(handler=cmd_simulate)
+
+    fleet = sub.add_parser("fleet", help="fleet operations").add_subparsers(
+        dest="action", required=True
+    )
+    set_desired = fleet.add_parser(
+        "set-desired", help="merge-patch desired on every matching device (a bulk job)"
+    )
+    set_desired.add_argument("--tenant", required=True)
+    set_desired.add_argument("--desired", required=True, help="JSON merge patch")
+    set_desired.add_argument("--tag", action="append", help="key:value (repeat to AND)")
+    set_desired.add_argument("--status", choices=["synced", "pending", "stale"])
+    set_desired.add_argument("--model", help="devices of this model")
+    set_desired.add_argument("--device", action="append", help="this device id (repeatable)")
+    set_desired.add_argument("--q", help="text in the device id or name")
+    set_desired.add_argument("--workers", type=int, default=4, help="concurrent batches")
+    set_desired.add_argument("--batch-size", type=int, default=500, help="devices per batch")
+    set_desired.set_defaults(handler=cmd_fleet_set_desired)
     return parser
 
 

@@ -377,6 +377,7 @@ async def run_to_completion(
     tenant_id: str,
     on_progress: Callable[[dict[str, Any]], None],
     workers: int = WORKERS,
+    batch_size: int = BATCH_SIZE,
 ) -> dict[str, Any]:
     """Run one job in this process (the CLI) until it is no longer running."""
 
@@ -387,7 +388,9 @@ async def run_to_completion(
         return document
 
     async def work() -> None:
-        while await run_step(pool, limits=limits, stale_after=stale_after, only_job=job_id):
+        while await run_step(
+            pool, limits=limits, stale_after=stale_after, batch_size=batch_size, only_job=job_id
+        ):
             pass
 
     while True:
