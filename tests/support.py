@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 from iotcloud.embedded import EmbeddedBroker, EmbeddedPostgres
 from shared import db
@@ -146,3 +148,86 @@ async def eventually(check, timeout: float = 10.0, interval: float = 0.05):  # t
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@dataclass
+class ServiceProcess:
+    """``iotcloud serve ui|ingest`` as a real child process, to kill -9 and restart."""
+
+    service: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def make(
+        cls, service: str, *, home: Path, database_url: str, mqtt_url: str, replica: str = "r1"
+    ) -> ServiceProcess:
+        port = free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "MQTT_URL": mqtt_url,
+            "IOTCLOUD_HOME": str(home),
+            "IOTCLOUD_JWT_SECRET": SERVICE_JWT_SECRET,
+            "IOTCLOUD_REPLICA": replica,
+            "IOTCLOUD_POOL_MAX": "5",
+            "PYTHONPATH": str(ROOT / "services"),
+            "UI_PORT" if service == "ui" else "INGEST_PORT": str(port),
+        }
+        home.mkdir(parents=True, exist_ok=True)
+        return cls(service, port, env, home / f"{service}-{replica}.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "iotcloud.cli", "serve", self.service],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until ``/readyz`` answers 200 (database and broker both reachable)."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=2) as client:
+
+            async def ready() -> bool:
+                if self.process is not None and self.process.poll() is not None:
+                    raise AssertionError(f"{self.service} exited; see {self.log_path}")
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(ready, timeout=timeout, interval=0.1)
+
+
+SERVICE_JWT_SECRET = "test-secret-for-service-processes-0123456789"
+
+
+def operator_headers(tenant_id: str, *, role: str = "admin") -> dict[str, str]:
+    """Bearer headers for service processes started by :class:`ServiceProcess`."""
+    from shared.security import Principal, issue_token
+
+    who = Principal(1, f"{role}@{tenant_id}.test", tenant_id, role)  # type: ignore[arg-type]
+    token = issue_token(who, secret=SERVICE_JWT_SECRET, ttl_s=3600)
+    return {"Authorization": f"Bearer {token}"}

@@ -237,6 +237,7 @@ class EmbeddedBroker:
                     f"persistence_location {self.root / 'data'}/",
                     "autosave_interval 5",
                     "max_queued_messages 100000",
+                    "set_tcp_nodelay true",
                     "log_dest stdout",
                     "log_type error",
                     "log_type warning",

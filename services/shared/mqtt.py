@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,8 @@ class BrokerLink:
             keepalive=15,
             timeout=5,
             max_queued_incoming_messages=10_000,
+            # Without it Nagle holds each reply behind the previous PUBACK's delayed ACK (~40 ms).
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         if self._manual_ack:
             # aiomqtt has no public switch for this; paho's client does.
