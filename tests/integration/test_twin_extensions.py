@@ -291,6 +291,17 @@ async def test_history_access_rules(stack: Stack) -> None:
     url = f"/customer/devices/{device_id}/twin/history"
     assert (await stack.ui.get(url, headers=stranger)).status_code == 404
     assert (await stack.ui.get(url)).status_code == 401
+    for impossible in ("a%00b", "a%20b", "x" * 200):
+        for method in ("GET", "PATCH"):
+            suffix = "/twin/history" if method == "GET" else ""
+            response = await stack.ui.request(
+                method,
+                f"/customer/devices/{impossible}{suffix}",
+                headers=fleet.admin,
+                json={"name": "x"} if method == "PATCH" else None,
+            )
+            assert response.status_code == 404, (impossible, method)
+    assert (await stack.ui.get("/customer/devices/a%00b/twin")).status_code == 401
     assert (
         await stack.ui.get("/customer/devices/nope/twin/history", headers=fleet.viewer)
     ).status_code == 404

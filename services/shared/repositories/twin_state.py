@@ -19,47 +19,6 @@ async def get(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Re
     )
 
 
-async def lock(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
-    """The row, locked until the transaction ends, so read-merge-write is atomic."""
-    return await conn.fetchrow(
-        f"""SELECT {_TWIN_COLUMNS} FROM device_state s
-            WHERE s.device_id = $1 AND s.tenant_id = $2
-            FOR UPDATE""",  # noqa: S608
-        device_id,
-        tenant_id,
-    )
-
-
-async def write_desired(
-    conn: Connection, *, device_id: str, desired: dict[str, Any], version: int
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        f"""UPDATE device_state s
-            SET desired_state = $2, desired_version = $3, shadow_updated_at = now()
-            WHERE s.device_id = $1
-            RETURNING {_TWIN_COLUMNS}""",  # noqa: S608
-        device_id,
-        desired,
-        version,
-    )
-    assert row is not None
-    return row
-
-
-async def write_reported(
-    conn: Connection, *, device_id: str, reported: dict[str, Any], version: int
-) -> None:
-    await conn.execute(
-        """UPDATE device_state
-           SET reported_state = $2, reported_version = $3, shadow_updated_at = now(),
-               last_seen = now()
-           WHERE device_id = $1""",
-        device_id,
-        reported,
-        version,
-    )
-
-
 async def touch(conn: Connection, *, device_id: str) -> int:
     """Mark the device seen; returns its reported version."""
     version: int = await conn.fetchval(

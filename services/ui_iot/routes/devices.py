@@ -4,18 +4,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db import transaction
 from shared.errors import NotFound, Unprocessable
 from shared.repositories import devices as devices_repo
+from shared.security import Principal
 from shared.services import broker_accounts, device_profiles, devices, history, twins
 from shared.services.history import Actor
 from shared.web import json_body
-from ui_iot.deps import Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
+from ui_iot.deps import Admin, AppSettings, Conn, Link, Operator, Pool, Viewer, principal
 
-router = APIRouter(prefix="/customer/devices", tags=["devices"])
+
+async def _possible_device_id(
+    request: Request, _: Annotated[Principal, Depends(principal)]
+) -> None:
+    """An id no device can have (e.g. with a NUL byte, which PostgreSQL text cannot hold) is
+    a plain 404, checked after authentication so it reveals nothing to strangers."""
+    device_id = request.path_params.get("device_id")
+    if device_id is not None and not devices.DEVICE_ID_RE.match(device_id):
+        raise NotFound(f"device {device_id!r} not found")
+
+
+router = APIRouter(
+    prefix="/customer/devices", tags=["devices"], dependencies=[Depends(_possible_device_id)]
+)
 
 _DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
