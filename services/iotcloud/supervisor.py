@@ -126,12 +126,13 @@ async def up(*, demo: bool) -> None:
             ).result()
             broker.prepare(accounts)
 
-        if embedded.find_mosquitto() is None:
-            raise cli.CliError(
-                "mosquitto is not installed (apt-get install mosquitto), or set MQTT_URL"
-            )
-        argv = broker.prepare(await broker_accounts_from_db(database_url))
-        children.append(Child("broker", argv, before_start=rebuild_accounts))
+        if embedded.find_mosquitto() is not None:
+            argv = broker.prepare(await broker_accounts_from_db(database_url))
+            children.append(Child("broker", argv, before_start=rebuild_accounts))
+        else:
+            # No Mosquitto here: the in-process broker reads its accounts from the database.
+            broker.service_password()
+            children.append(Child("broker", [sys.executable, "-m", "iotcloud.fallback_broker"]))
     children += [
         Child("ui_iot", [*me, "serve", "ui"]),
         Child("ingest_iot", [*me, "serve", "ingest"]),
