@@ -9,14 +9,16 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI
 
 from ingest_iot import routes
 from ingest_iot.bridge import ReportBridge
-from ingest_iot.metrics import BROKER_CONNECTED, POOL_SIZE
+from ingest_iot.metrics import DESIRED_LAG
 from ingest_iot.publisher import DesiredPublisher
 from shared import db
 from shared.mqtt import BrokerLink, parse_mqtt_url
+from shared.repositories import delivery
 from shared.services import broker_accounts
 from shared.settings import Settings
 from shared.topics import REPORTED_SUBSCRIPTION, SHARED_GROUP
@@ -68,12 +70,13 @@ def create_app(settings: Settings) -> FastAPI:
         publisher = DesiredPublisher(pool, link, settings.database_url)
         bridge.link = link
         app.state.pool, app.state.link, app.state.publisher = pool, link, publisher
+        app.state.broker = link  # the name shared.web samples for /metrics, as in ui_iot
         try:
             async with asyncio.TaskGroup() as tasks:
                 running = [
                     tasks.create_task(link.run(), name="broker-link"),
                     tasks.create_task(publisher.run(), name="desired-publisher"),
-                    tasks.create_task(_sample_gauges(app), name="gauges"),
+                    tasks.create_task(_sample_desired_lag(pool), name="desired-lag"),
                 ]
                 try:
                     yield
@@ -105,10 +108,12 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _sample_gauges(app: FastAPI) -> None:
+async def _sample_desired_lag(pool: asyncpg.Pool) -> None:
+    """Every replica reports the lag, measured in the database, whoever publishes."""
     while True:
-        BROKER_CONNECTED.set(1 if app.state.link.connected.is_set() else 0)
-        pool = app.state.pool
-        POOL_SIZE.labels("in_use").set(pool.get_size() - pool.get_idle_size())
-        POOL_SIZE.labels("idle").set(pool.get_idle_size())
-        await asyncio.sleep(1)
+        try:
+            async with pool.acquire(timeout=2) as conn:
+                DESIRED_LAG.set(await delivery.oldest_unpublished_age(conn))
+        except db.RETRYABLE_ERRORS as exc:
+            log.debug("desired lag not sampled: %r", exc)
+        await asyncio.sleep(2)

@@ -45,6 +45,12 @@ class ReportBridge:
             reply = await self._apply(tenant_id, device_id, payload)
         except db.UNAVAILABLE_ERRORS as exc:
             raise RetryLater(f"database unavailable: {exc!r}") from exc
+        except Exception:
+            # A message that fails for any other reason would fail again on every
+            # redelivery and hold up the whole stream behind it: count it, log it, ack it.
+            REPORTS.labels("mqtt", "error").inc()
+            log.exception("report on %s/%s could not be applied; dropped", tenant_id, device_id)
+            return
         if reply is not None and self.link is not None:
             accepted = bool(reply["accepted"])
             await self.link.client.publish(

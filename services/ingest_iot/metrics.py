@@ -1,4 +1,4 @@
-"""Prometheus metrics of the device side."""
+"""Prometheus metrics of the device side (pool and broker gauges: ``shared.web``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge
 
 REPORTS = Counter(
     "iotcloud_reports_total",
-    "Device reports by transport and outcome (accepted, version, malformed, too_large, foreign)",
+    "Device reports by transport and outcome "
+    "(accepted, version, malformed, too_large, foreign, error)",
     ["transport", "outcome"],
 )
 DESIRED_PUBLISHED = Counter(
@@ -16,7 +17,3 @@ DESIRED_LAG = Gauge(
     "iotcloud_desired_unpublished_oldest_seconds",
     "Age of the oldest committed desired state not yet published to the broker",
 )
-BROKER_CONNECTED = Gauge(
-    "iotcloud_broker_connected", "1 while the service is connected to the broker"
-)
-POOL_SIZE = Gauge("iotcloud_db_pool_connections", "Database pool connections", ["state"])

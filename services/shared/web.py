@@ -12,7 +12,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +26,15 @@ REQUEST_LATENCY = Histogram(
     "HTTP request latency by service, route and status",
     ["service", "route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+BROKER_CONNECTED = Gauge(
+    "iotcloud_broker_connected", "1 while the service is connected to the broker", ["service"]
+)
+POOL_CONNECTIONS = Gauge(
+    "iotcloud_db_pool_connections",
+    "Database pool connections by state (in_use, idle, max)",
+    ["service", "state"],
 )
 
 
@@ -149,6 +158,16 @@ def install_metrics(app: FastAPI, *, service: str) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        # Sampled at scrape time from what the lifespan put on app.state (pool, broker link).
+        pool = getattr(app.state, "pool", None)
+        if pool is not None:
+            idle = pool.get_idle_size()
+            POOL_CONNECTIONS.labels(service, "in_use").set(pool.get_size() - idle)
+            POOL_CONNECTIONS.labels(service, "idle").set(idle)
+            POOL_CONNECTIONS.labels(service, "max").set(pool.get_max_size())
+        link = getattr(app.state, "broker", None)
+        if link is not None:
+            BROKER_CONNECTED.labels(service).set(1 if link.connected.is_set() else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
