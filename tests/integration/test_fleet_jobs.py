@@ -390,3 +390,47 @@ async def _status_done(database_url: str, job_id: str) -> bool:
         )
     finally:
         await conn.close()
+
+
+async def test_a_bulk_write_leaves_what_a_single_patch_leaves(stack: Stack) -> None:
+    """shared.services.bulk_desired mirrors twins.patch_desired: same state, version,
+    metadata shape and history for the same patch from the same starting point."""
+    tenant, operator = await stack.tenant("operator")
+    _, admin = await stack.tenant("admin", tenant_id=tenant)
+    for name in ("single", "bulk"):
+        await stack.device(admin, device_id=f"eq-{name}")
+        first = {"desired": {"net": {"ssid": "a", "ch": 1}, "keep": [1, 2], "gone": True}}
+        await stack.ui.patch(f"/customer/devices/eq-{name}/twin/desired", json=first, headers=admin)
+    patch = {"net": {"ch": 11, "band": {"ghz": 5}}, "gone": None, "keep": [3]}
+    single = await stack.ui.patch(
+        "/customer/devices/eq-single/twin/desired", json={"desired": patch}, headers=operator
+    )
+    assert single.status_code == 200
+    queued = await stack.ui.post(
+        "/customer/fleet/desired",
+        json={"filter": {"device_ids": ["eq-bulk"]}, "desired": patch},
+        headers=operator,
+    )
+    await wait_for_job(stack, operator, queued.json()["job_id"])
+    twins = {
+        name: (await stack.ui.get(f"/customer/devices/eq-{name}/twin", headers=admin)).json()
+        for name in ("single", "bulk")
+    }
+
+    def without_times(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: without_times(v) for k, v in node.items() if k != "updated_at"}
+        return node
+
+    for key in ("desired", "delta", "desired_version", "reported_version", "sync_status"):
+        assert twins["single"][key] == twins["bulk"][key], key
+    assert without_times(twins["single"]["metadata"]) == without_times(twins["bulk"]["metadata"])
+    histories = {
+        name: (
+            await stack.ui.get(f"/customer/devices/eq-{name}/twin/history", headers=admin)
+        ).json()["items"]
+        for name in ("single", "bulk")
+    }
+    assert [(h["kind"], h["actor"], h["version"], h["patch"]) for h in histories["single"]] == [
+        (h["kind"], h["actor"], h["version"], h["patch"]) for h in histories["bulk"]
+    ]

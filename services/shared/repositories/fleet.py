@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -202,3 +202,73 @@ async def finish_if_complete(conn: Connection, *, job_id: uuid.UUID) -> bool:
         job_id,
     )
     return bool(finished)
+
+
+# --- batch desired writes (shared.services.bulk_desired) -------------------------------------
+
+
+async def lock_twins(
+    conn: Connection, *, tenant_id: str, device_ids: list[str]
+) -> list[asyncpg.Record]:
+    """The live twins among ``device_ids``, locked in id order (as single writes lock one),
+    with each device's model and the transaction clock that stamps metadata and history."""
+    return await conn.fetch(
+        """SELECT s.device_id, s.desired_state, s.desired_metadata, s.desired_version,
+                  d.model_id, now() AS now
+           FROM device_state s JOIN devices d ON d.device_id = s.device_id
+           WHERE s.tenant_id = $1 AND s.device_id = ANY($2::text[])
+           ORDER BY s.device_id
+           FOR UPDATE OF s""",
+        tenant_id,
+        device_ids,
+    )
+
+
+async def write_desired_many(
+    conn: Connection,
+    *,
+    device_ids: list[str],
+    desired: list[dict[str, Any]],
+    metadata: list[dict[str, Any]],
+    versions: list[int],
+) -> None:
+    await conn.execute(
+        """UPDATE device_state s
+           SET desired_state = w.desired, desired_metadata = w.metadata,
+               desired_version = w.version, shadow_updated_at = now()
+           FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::bigint[])
+                AS w (device_id, desired, metadata, version)
+           WHERE s.device_id = w.device_id""",
+        device_ids,
+        desired,
+        metadata,
+        versions,
+    )
+
+
+async def record_desired_history(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    device_ids: list[str],
+    versions: list[int],
+    patch: dict[str, Any],
+    actor_type: str,
+    actor_email: str | None,
+    at: datetime,
+) -> None:
+    """One twin_history row per written device, as shared.services.history.record writes."""
+    await conn.execute(
+        """INSERT INTO twin_history
+               (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
+           SELECT $1, w.device_id, 'desired', $4, $5, w.version, $6, $7
+           FROM unnest($2::text[], $3::bigint[]) AS w (device_id, version)
+           ORDER BY w.device_id""",
+        tenant_id,
+        device_ids,
+        versions,
+        actor_type,
+        actor_email,
+        patch,
+        at,
+    )

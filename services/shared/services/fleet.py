@@ -1,9 +1,9 @@
 """Fleet operations: the status summary and bulk desired jobs.
 
-A bulk job writes every matching device through :func:`shared.services.twins.patch_desired`,
-the very function a single ``PATCH .../twin/desired`` uses, so versions, metadata, history,
-schema checks and the MQTT publish (the desired-version trigger wakes the publisher) are the
-same for one device or a hundred thousand.
+A bulk job writes its devices in batches through :mod:`shared.services.bulk_desired`, the
+batch twin of a single ``PATCH .../twin/desired`` built on the same ``shared.twin`` rules, so
+versions, metadata, history and schema checks are the same for one device or a hundred
+thousand; the MQTT publish follows by itself (the desired-version trigger wakes the publisher).
 
 Exactly once, across crashes and replicas: the job's device set is recorded first; then each
 batch locks its devices' job rows (``FOR UPDATE SKIP LOCKED``, so concurrent runners take
@@ -26,11 +26,11 @@ import asyncpg
 
 from shared import db, twin
 from shared.db import Connection
-from shared.errors import DomainError, NotFound, TooLarge, Unprocessable
+from shared.errors import NotFound, TooLarge, Unprocessable
 from shared.mqtt import backoff_delays
 from shared.repositories import fleet as fleet_repo
 from shared.repositories.devices import DeviceFilter
-from shared.services import devices, twins
+from shared.services import bulk_desired, devices
 from shared.services.history import Actor
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ WORKERS = 4
 MAX_DEVICE_IDS = 10_000
 _POLL_INTERVAL_S = 5.0
 _FILTER_KEYS = frozenset({"device_ids", "tag", "sync_status", "model_id", "q"})
-# Errors after which a batch is retried later rather than its devices marked failed.
-_TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    *db.UNAVAILABLE_ERRORS,
-    asyncpg.exceptions.TransactionRollbackError,
-)
 
 
 # --- summary -------------------------------------------------------------------------------
@@ -186,74 +181,6 @@ async def recent_jobs(conn: Connection, *, tenant_id: str, limit: int) -> dict[s
 # --- running jobs --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    outcome: str
-    version: int | None = None
-    error: str | None = None
-
-
-async def _write_one(
-    conn: Connection,
-    job: asyncpg.Record,
-    device_id: str,
-    *,
-    limits: twin.Limits,
-    stale_after: timedelta,
-) -> _Outcome:
-    document = await twins.patch_desired(
-        conn,
-        tenant_id=job["tenant_id"],
-        device_id=device_id,
-        patch=job["patch"],
-        limits=limits,
-        stale_after=stale_after,
-        actor=Actor.user(job["created_by"]),
-    )
-    return _Outcome("written", document["desired_version"])
-
-
-async def _write_batch(
-    conn: Connection,
-    job: asyncpg.Record,
-    device_ids: list[str],
-    *,
-    limits: twin.Limits,
-    stale_after: timedelta,
-) -> list[_Outcome]:
-    """Write every device; a refused one (gone, 413, 422) is recorded, not retried forever.
-
-    The common case runs without per-device savepoints; only a batch with a refusal in it is
-    redone device by device, each in its own savepoint.
-    """
-    try:
-        async with conn.transaction():
-            return [
-                await _write_one(conn, job, device_id, limits=limits, stale_after=stale_after)
-                for device_id in device_ids
-            ]
-    except _TRANSIENT_ERRORS:
-        raise
-    except (DomainError, asyncpg.PostgresError):
-        pass
-    outcomes = []
-    for device_id in device_ids:
-        try:
-            async with conn.transaction():
-                outcomes.append(
-                    await _write_one(conn, job, device_id, limits=limits, stale_after=stale_after)
-                )
-        except _TRANSIENT_ERRORS:
-            raise
-        except NotFound:
-            outcomes.append(_Outcome("skipped", error="device no longer exists"))
-        except DomainError as exc:
-            outcomes.append(_Outcome("failed", error=str(exc.detail)))
-        except asyncpg.PostgresError as exc:
-            outcomes.append(_Outcome("failed", error=f"database refused the write: {exc}"))
-    return outcomes
-
-
 async def run_step(
     pool: asyncpg.Pool,
     *,
@@ -286,16 +213,21 @@ async def run_step(
                 conn, job_id=job["job_id"], limit=batch_size
             )
             if device_ids:
-                outcomes = await _write_batch(
-                    conn, job, device_ids, limits=limits, stale_after=stale_after
+                outcomes = await bulk_desired.patch_desired_many(
+                    conn,
+                    tenant_id=job["tenant_id"],
+                    device_ids=device_ids,
+                    patch=job["patch"],
+                    limits=limits,
+                    actor=Actor.user(job["created_by"]),
                 )
                 await fleet_repo.record_outcomes(
                     conn,
                     job_id=job["job_id"],
                     device_ids=device_ids,
-                    outcomes=[o.outcome for o in outcomes],
-                    versions=[o.version for o in outcomes],
-                    errors=[o.error for o in outcomes],
+                    outcomes=[outcomes[d].outcome for d in device_ids],
+                    versions=[outcomes[d].version for d in device_ids],
+                    errors=[outcomes[d].error for d in device_ids],
                 )
                 return True
         async with db.transaction(pool) as conn:
