@@ -126,7 +126,8 @@ async def up(*, demo: bool) -> None:
             ).result()
             broker.prepare(accounts)
 
-        if embedded.find_mosquitto() is not None:
+        force_fallback = os.environ.get("IOTCLOUD_FALLBACK_BROKER", "") in {"1", "true", "yes"}
+        if not force_fallback and embedded.find_mosquitto() is not None:
             argv = broker.prepare(await broker_accounts_from_db(database_url))
             children.append(Child("broker", argv, before_start=rebuild_accounts))
         else:
