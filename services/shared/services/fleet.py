@@ -148,13 +148,16 @@ def _parse_job_id(job_id: str) -> uuid.UUID:
         raise NotFound(f"job {job_id!r} not found") from exc
 
 
-async def _job_document(conn: Connection, row: asyncpg.Record) -> dict[str, Any]:
+async def _job_document(
+    conn: Connection, row: asyncpg.Record, *, count_synced: bool = True
+) -> dict[str, Any]:
+    synced = await fleet_repo.synced_count(conn, job_id=row["job_id"]) if count_synced else None
     return {
         "job_id": str(row["job_id"]),
         "status": row["status"],
         "matched": row["matched"] or 0,
         "written": row["written"],
-        "synced": await fleet_repo.synced_count(conn, job_id=row["job_id"]),
+        "synced": synced,
         "skipped": row["skipped"],
         "failed": row["failed"],
         "error": row["error"],
@@ -166,11 +169,14 @@ async def _job_document(conn: Connection, row: asyncpg.Record) -> dict[str, Any]
     }
 
 
-async def get_job(conn: Connection, *, tenant_id: str, job_id: str) -> dict[str, Any]:
+async def get_job(
+    conn: Connection, *, tenant_id: str, job_id: str, count_synced: bool = True
+) -> dict[str, Any]:
+    """The job's progress; ``synced`` (a join over its devices) only when asked for."""
     row = await fleet_repo.get_job(conn, tenant_id=tenant_id, job_id=_parse_job_id(job_id))
     if row is None:
         raise NotFound(f"job {job_id!r} not found")
-    return await _job_document(conn, row)
+    return await _job_document(conn, row, count_synced=count_synced)
 
 
 async def recent_jobs(conn: Connection, *, tenant_id: str, limit: int) -> dict[str, Any]:
@@ -313,9 +319,9 @@ async def run_to_completion(
 ) -> dict[str, Any]:
     """Run one job in this process (the CLI) until it is no longer running."""
 
-    async def report() -> dict[str, Any]:
+    async def report(*, final: bool = False) -> dict[str, Any]:
         async with pool.acquire() as conn:
-            document = await get_job(conn, tenant_id=tenant_id, job_id=job_id)
+            document = await get_job(conn, tenant_id=tenant_id, job_id=job_id, count_synced=final)
         on_progress(document)
         return document
 
@@ -333,7 +339,7 @@ async def run_to_completion(
             while not all(task.done() for task in running):
                 await report()
                 await asyncio.sleep(0.2)
-        document = await report()
+        document = await report(final=True)
         if document["status"] != "running":
             return document
         # Another runner still holds the last batches: wait for it to finish them.
