@@ -17,6 +17,7 @@ from ingest_iot.bridge import ReportBridge
 from ingest_iot.metrics import DESIRED_LAG
 from ingest_iot.publisher import DesiredPublisher
 from shared import db
+from shared.dynsec import dynsec_session
 from shared.mqtt import BrokerLink, parse_mqtt_url
 from shared.repositories import delivery
 from shared.services import broker_accounts
@@ -53,13 +54,20 @@ def create_app(settings: Settings) -> FastAPI:
         async def on_connect() -> None:
             publisher.broker_connected()
             try:
-                async with pool.acquire() as conn:
-                    await broker_accounts.reconcile(link, conn)
+                # Its own connection: the link's may carry a backlog of reports to get through.
+                async with (
+                    dynsec_session(
+                        target.host, target.port, target.username, target.password
+                    ) as ctl,
+                    pool.acquire() as conn,
+                ):
+                    await broker_accounts.reconcile(ctl, conn)
             except Exception as exc:  # housekeeping: never hold up the bridge for it
                 log.warning("broker account reconcile failed: %r", exc)
 
+        target = parse_mqtt_url(settings.mqtt_url)
         link = BrokerLink(
-            parse_mqtt_url(settings.mqtt_url),
+            target,
             client_id=f"ingest_iot-{replica_name()}",
             subscriptions=(f"$share/{SHARED_GROUP}/{REPORTED_SUBSCRIPTION}",),
             on_message=bridge.handle,

@@ -55,6 +55,7 @@ _ACCEPTED_COMMANDS = _KICKING_COMMANDS | {
 # The broker's only queries, kept here because nothing else uses them.
 _DEVICE_LOGIN = """SELECT tenant_id, broker_salt, broker_hash FROM devices
                    WHERE device_id = $1 AND revoked_at IS NULL"""
+_LIVE_DEVICES = "SELECT device_id FROM devices WHERE revoked_at IS NULL"
 _LIVE_CREDENTIALS = """SELECT device_id, broker_hash FROM devices
                        WHERE device_id = ANY($1::text[]) AND revoked_at IS NULL"""
 
@@ -199,20 +200,25 @@ class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
             elif name in _KICKING_COMMANDS:
                 await self.kick(str(command.get("username", "")))
             elif name == "listClients":
-                response["data"] = {"clients": self._connected_devices()}
+                try:
+                    response["data"] = {"clients": await self._accounts()}
+                except db.RETRYABLE_ERRORS as exc:
+                    response["error"] = f"database unavailable: {exc!r}"
             responses.append(response)
         await self._broadcast_message(None, RESPONSE_TOPIC, orjson.dumps({"responses": responses}))
 
-    def _connected_devices(self) -> list[str]:
-        return sorted(
-            {
-                identity.device_id
-                for session, _ in self._sessions.values()
-                if session.transitions.is_connected()
-                and (identity := self.identities.get(session.client_id)) is not None
-                and identity.device_id is not None
-            }
-        )
+    async def _accounts(self) -> list[str]:
+        """What Mosquitto would list: every live device, and whoever is still connected."""
+        async with self.pool.acquire() as conn:
+            live = {row["device_id"] for row in await conn.fetch(_LIVE_DEVICES)}
+        connected = {
+            identity.device_id
+            for session, _ in self._sessions.values()
+            if session.transitions.is_connected()
+            and (identity := self.identities.get(session.client_id)) is not None
+            and identity.device_id is not None
+        }
+        return sorted(live | connected)
 
 
 class DeviceAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]

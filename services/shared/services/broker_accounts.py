@@ -12,7 +12,7 @@ import logging
 import aiomqtt
 
 from shared.db import Connection
-from shared.dynsec import DynSecError
+from shared.dynsec import DynSecClient, DynSecError
 from shared.errors import ServiceUnavailable
 from shared.mqtt import BrokerLink
 from shared.repositories import devices as devices_repo
@@ -46,7 +46,7 @@ async def remove(link: BrokerLink, device_id: str) -> None:
         )
 
 
-async def reconcile(link: BrokerLink, conn: Connection) -> int:
+async def reconcile(dynsec: DynSecClient, conn: Connection) -> int:
     """Remove the broker accounts of deleted devices; report live devices without one.
 
     Only names the registry knows as deleted devices are touched, so other accounts on a
@@ -54,12 +54,10 @@ async def reconcile(link: BrokerLink, conn: Connection) -> int:
     through the control API (it takes only plain passwords): a private broker is rebuilt
     from the database's broker credentials when it starts; otherwise rotate the token.
     """
-    if link.dynsec is None:
-        return 0
-    on_broker = set(await link.dynsec.list_clients())
+    on_broker = set(await dynsec.list_clients())
     stale = on_broker & set(await devices_repo.revoked_ids(conn))
     for device_id in sorted(stale):
-        await link.dynsec.delete_device(device_id)
+        await dynsec.delete_device(device_id)
     live = {row["device_id"] for row in await devices_repo.broker_accounts(conn)}
     missing = live - on_broker
     if missing:
