@@ -38,11 +38,17 @@ class EventHub:
     """One per process: a LISTEN connection, the sequencer, retention, and stream wake-ups."""
 
     def __init__(
-        self, pool: asyncpg.Pool, database_url: str, *, retention: timedelta = RETENTION
+        self,
+        pool: asyncpg.Pool,
+        database_url: str,
+        *,
+        retention: timedelta = RETENTION,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self._pool = pool
         self._database_url = database_url
         self._retention = retention
+        self.heartbeat_s = heartbeat_s
         self._new_events = asyncio.Event()
         self._generation = 0
         self._changed = asyncio.Event()
@@ -165,7 +171,6 @@ async def stream(
     tenant_id: str,
     last_event_id: int | None,
     stale_after: timedelta,
-    heartbeat_s: float = HEARTBEAT_S,
 ) -> AsyncIterator[bytes]:
     """The tenant's events after ``last_event_id`` (or from now), then live, with heartbeats."""
     async with pool.acquire() as conn:
@@ -181,5 +186,5 @@ async def stream(
             cursor = rows[-1]["seq"]
             yield b"".join(_frame(row, stale_after=stale_after) for row in rows)
             continue
-        if not await hub.wait_beyond(generation, heartbeat_s) and not hub.closed.is_set():
+        if not await hub.wait_beyond(generation, hub.heartbeat_s) and not hub.closed.is_set():
             yield b": heartbeat\n\n"
