@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db import transaction
-from shared.errors import NotFound, Unprocessable
+from shared.errors import NotFound, PreconditionFailed, Unprocessable
 from shared.repositories import devices as devices_repo
 from shared.security import Principal
 from shared.services import broker_accounts, device_profiles, devices, history, twins
@@ -85,7 +85,8 @@ def _etag(version: int) -> str:
 def _parse_if_match(value: str | None) -> int | None:
     """The desired version an ``If-Match`` asks for; None for no condition (absent or ``*``).
 
-    A header that is not one entity tag is malformed (422), not a failed precondition.
+    A header that is not one of our entity tags can never match, so it fails the
+    precondition (412) like a stale one: nothing is written either way.
     """
     if value is None or value.strip() == "*":
         return None
@@ -94,7 +95,9 @@ def _parse_if_match(value: str | None) -> int | None:
         text = text[2:]
     text = text.strip('"')
     if not text.isdigit() or len(text) > 18:
-        raise Unprocessable(f"If-Match must be one entity tag like '\"3\"', got {value!r}")
+        raise PreconditionFailed(
+            f"If-Match must be one entity tag like '\"3\"' (or *), got {value!r}"
+        )
     return int(text)
 
 
