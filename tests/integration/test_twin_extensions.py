@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import shutil
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +18,7 @@ from shared import db
 from shared.services import history
 from shared.topics import reported_topic
 from tests.conftest import Stack
-from tests.support import eventually
+from tests.support import eventually, with_database
 
 THERMOSTAT = {
     "type": "object",
@@ -672,3 +675,64 @@ async def test_device_patch_name_tags_and_model_errors(stack: Stack) -> None:
         "/customer/models", json={"model_id": "theirs", "desired_schema": {}}, headers=stranger
     )
     assert (await fleet.set_device(device_id, {"model_id": "theirs"})).status_code == 422
+
+
+async def test_ui_runs_the_retention_task(stack: Stack) -> None:
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert "history-retention" in names
+
+
+async def test_migration_004_gives_existing_state_metadata(
+    pg_server: str, tmp_path: pathlib.Path
+) -> None:
+    """A database that already holds twins before 004 gets metadata mirroring them."""
+    before_004 = tmp_path / "migrations"
+    before_004.mkdir()
+    for _, _, path in db.migration_files():
+        if path.name < "004":
+            shutil.copy(path, before_004 / path.name)
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(with_database(pg_server, "postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        conn = await db.connect(with_database(pg_server, name), application_name="tests")
+        try:
+            await db.migrate(conn, before_004)
+            await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('t1', 't1')")
+            for device_id in ("d1", "d2"):
+                await conn.execute(
+                    """INSERT INTO devices (device_id, tenant_id, token_hash, broker_salt,
+                                            broker_hash)
+                       VALUES ($1, 't1', $2, 's', 'h')""",
+                    device_id,
+                    device_id.encode(),
+                )
+            await conn.execute(
+                """INSERT INTO device_state (device_id, tenant_id, desired_state, desired_version,
+                                             reported_state, reported_version)
+                   VALUES ('d1', 't1', $1, 4, $2, 3), ('d2', 't1', '{}', 0, '{}', 0)""",
+                {"a": 1, "net": {"ssid": "x", "empty": {}}, "l": [1]},
+                {"a": 1},
+            )
+            await db.migrate(conn)
+            rows = {
+                row["device_id"]: row
+                for row in await conn.fetch(
+                    "SELECT device_id, desired_metadata, reported_metadata, shadow_updated_at "
+                    "FROM device_state"
+                )
+            }
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    d1 = rows["d1"]
+    stamp = {"updated_at": d1["shadow_updated_at"].isoformat(), "version": 4}
+    assert d1["desired_metadata"] == {
+        "a": stamp,
+        "net": {"ssid": stamp, "empty": stamp},
+        "l": stamp,
+    }
+    assert d1["reported_metadata"] == {"a": {**stamp, "version": 3}}
+    assert (rows["d2"]["desired_metadata"], rows["d2"]["reported_metadata"]) == ({}, {})
