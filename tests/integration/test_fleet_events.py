@@ -253,3 +253,70 @@ async def test_stream_authentication_and_bad_input(stack: Stack) -> None:
             "/customer/events", headers={**viewer, "Last-Event-ID": value}
         )
         assert response.status_code == 422, value
+
+
+async def test_resuming_past_retention_says_reset(stack: Stack) -> None:
+    tenant, admin = await stack.tenant("admin")
+    await stack.device(admin, device_id="rt-1")
+    for n in range(3):
+        await stack.ui.patch(
+            "/customer/devices/rt-1/twin/desired", json={"desired": {"n": n}}, headers=admin
+        )
+    await all_sequenced(stack)
+    seqs = await tenant_seqs(stack, tenant)
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        # Retention has dropped everything up to the second desired write.
+        await conn.execute("DELETE FROM twin_events WHERE seq <= $1", seqs[2])
+    finally:
+        await conn.close()
+    async with served(stack) as client:
+        async with open_stream(client, headers={**admin, "Last-Event-ID": str(seqs[0])}) as (
+            _,
+            stream,
+        ):
+            first = await stream.next_event()
+            assert first["event"] == "reset"
+            rest = await stream.next_event()
+            assert (int(rest["id"]), rest["data"]["desired_version"]) == (seqs[3], 3)
+        async with open_stream(client, headers={**admin, "Last-Event-ID": str(seqs[2])}) as (
+            _,
+            stream,
+        ):
+            assert (await stream.next_event())["data"]["desired_version"] == 3
+
+
+async def test_two_replicas_stream_the_same_events_with_the_same_ids(stack: Stack) -> None:
+    from ui_iot.app import create_app
+
+    tenant, admin = await stack.tenant("admin")
+    for n in range(5):
+        await stack.device(admin, device_id=f"rp-{n}")
+    await all_sequenced(stack)
+    replica = create_app(stack.settings)
+    async with replica.router.lifespan_context(replica):
+        second = Stack(
+            stack.settings, stack.broker, stack.ui, stack.ingest, replica, stack.ingest_app
+        )
+        async with (
+            served(stack) as client_one,
+            served(second) as client_two,
+            open_stream(client_one, headers=admin) as (_, one),
+            open_stream(client_two, headers=admin) as (_, two),
+        ):
+            await asyncio.gather(
+                *(
+                    stack.ui.patch(
+                        f"/customer/devices/rp-{n % 5}/twin/desired",
+                        json={"desired": {"n": n}},
+                        headers=admin,
+                    )
+                    for n in range(30)
+                )
+            )
+            seen_one = await one.events_until(lambda seen: len(seen) >= 30)
+            seen_two = await two.events_until(lambda seen: len(seen) >= 30)
+    assert [(e["id"], e["data"]) for e in seen_one] == [(e["id"], e["data"]) for e in seen_two]
+    assert [int(e["id"]) for e in seen_one] == await tenant_seqs(
+        stack, tenant, int(seen_one[0]["id"]) - 1
+    )

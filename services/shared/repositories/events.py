@@ -45,6 +45,12 @@ async def last_seq(conn: Connection) -> int:
     return value
 
 
+async def oldest_seq(conn: Connection) -> int | None:
+    """The smallest stream id still kept (retention deletes older ones)."""
+    value: int | None = await conn.fetchval("SELECT min(seq) FROM twin_events")
+    return value
+
+
 async def after(
     conn: Connection, *, tenant_id: str, after_seq: int, limit: int
 ) -> list[asyncpg.Record]:

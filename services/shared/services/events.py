@@ -172,16 +172,40 @@ async def stream(
     last_event_id: int | None,
     stale_after: timedelta,
 ) -> AsyncIterator[bytes]:
-    """The tenant's events after ``last_event_id`` (or from now), then live, with heartbeats."""
-    async with pool.acquire() as conn:
-        newest = await events_repo.last_seq(conn)
+    """The tenant's events after ``last_event_id`` (or from now), then live, with heartbeats.
+
+    Resuming from an id older than retention first sends ``event: reset``: the client must
+    reload its view, since some changes are no longer kept. A lost database ends the stream;
+    the client reconnects with ``Last-Event-ID`` and misses nothing.
+    """
+    try:
+        async with pool.acquire() as conn:
+            newest = await events_repo.last_seq(conn)
+            oldest = await events_repo.oldest_seq(conn)
+    except db.RETRYABLE_ERRORS as exc:
+        log.warning("event stream could not start: %r", exc)
+        return
     # An id from the future (another database, a typo) would silence the stream: clamp it.
     cursor = newest if last_event_id is None else min(last_event_id, newest)
     yield f"retry: {_RETRY_MS}\n: stream of tenant {tenant_id} from {cursor}\n\n".encode()
+    if last_event_id is not None and cursor < (oldest if oldest is not None else newest + 1) - 1:
+        yield (
+            b"event: reset\ndata: "
+            + orjson.dumps(
+                {"reason": "events after this id are no longer kept; reload the fleet view"}
+            )
+            + b"\n\n"
+        )
     while not hub.closed.is_set():
         generation = hub.generation
-        async with pool.acquire() as conn:
-            rows = await events_repo.after(conn, tenant_id=tenant_id, after_seq=cursor, limit=_PAGE)
+        try:
+            async with pool.acquire() as conn:
+                rows = await events_repo.after(
+                    conn, tenant_id=tenant_id, after_seq=cursor, limit=_PAGE
+                )
+        except db.RETRYABLE_ERRORS as exc:
+            log.warning("event stream lost the database: %r", exc)
+            return
         if rows:
             cursor = rows[-1]["seq"]
             yield b"".join(_frame(row, stale_after=stale_after) for row in rows)
