@@ -122,6 +122,6 @@ async def _sample_desired_lag(pool: asyncpg.Pool) -> None:
         try:
             async with pool.acquire(timeout=2) as conn:
                 DESIRED_LAG.set(await delivery.oldest_unpublished_age(conn))
-        except db.RETRYABLE_ERRORS as exc:
+        except Exception as exc:  # a gauge is never worth stopping the service for
             log.debug("desired lag not sampled: %r", exc)
         await asyncio.sleep(2)

@@ -46,8 +46,12 @@ class DesiredPublisher:
         while True:
             try:
                 await self._lead()
-            except db.RETRYABLE_ERRORS as exc:
-                log.warning("desired publisher lost the database: %r", exc)
+            except Exception as exc:  # the loop outlives every failure; each one starts over
+                log.warning(
+                    "desired publisher lost the database: %r",
+                    exc,
+                    exc_info=not isinstance(exc, db.RETRYABLE_ERRORS),
+                )
             finally:
                 self.leader = False
             await asyncio.sleep(next_delay())
