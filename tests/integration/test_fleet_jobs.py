@@ -434,3 +434,27 @@ async def test_a_bulk_write_leaves_what_a_single_patch_leaves(stack: Stack) -> N
     assert [(h["kind"], h["actor"], h["version"], h["patch"]) for h in histories["single"]] == [
         (h["kind"], h["actor"], h["version"], h["patch"]) for h in histories["bulk"]
     ]
+
+
+async def test_a_job_whose_stored_filter_no_longer_parses_fails_instead_of_looping(
+    stack: Stack,
+) -> None:
+    tenant, operator = await stack.tenant("operator")
+    conn = await db.connect(stack.settings.database_url, application_name="tests")
+    try:
+        job_id = await conn.fetchval(
+            """INSERT INTO fleet_jobs (job_id, tenant_id, filter, patch, created_by)
+               VALUES (gen_random_uuid(), $1, '{"colour": "red"}', '{"a": 1}', 'x@y.test')
+               RETURNING job_id::text""",
+            tenant,
+        )
+    finally:
+        await conn.close()
+    job = await wait_for_job(stack, operator, job_id)
+    assert (job["status"], job["matched"], job["written"]) == ("failed", 0, 0)
+    assert "colour" in job["error"]
+    # The runner is still alive: the next job runs.
+    queued = await stack.ui.post(
+        "/customer/fleet/desired", json={"filter": {}, "desired": {"a": 1}}, headers=operator
+    )
+    assert (await wait_for_job(stack, operator, queued.json()["job_id"]))["status"] == "done"

@@ -126,6 +126,17 @@ async def record_matches(
     return matched
 
 
+async def fail_job(conn: Connection, *, job_id: uuid.UUID, error: str) -> None:
+    await conn.execute(
+        """UPDATE fleet_jobs
+           SET status = 'failed', matched = COALESCE(matched, 0), error = $2,
+               finished_at = now(), updated_at = now()
+           WHERE job_id = $1""",
+        job_id,
+        error,
+    )
+
+
 async def running_jobs(conn: Connection) -> list[asyncpg.Record]:
     """Running jobs with a recorded device set, least recently advanced first (round robin)."""
     return await conn.fetch(

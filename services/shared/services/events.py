@@ -85,6 +85,9 @@ class EventHub:
                 await self._listen_and_sequence()
             except db.RETRYABLE_ERRORS as exc:
                 log.warning("event hub lost the database: %r", exc)
+            except Exception:
+                # A bug must not take the whole app down with this task group: log, retry.
+                log.exception("event hub failed unexpectedly, restarting it")
             await asyncio.sleep(next_delay())
 
     async def _listen_and_sequence(self) -> None:

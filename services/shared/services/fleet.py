@@ -26,7 +26,7 @@ import asyncpg
 
 from shared import db, twin
 from shared.db import Connection
-from shared.errors import NotFound, TooLarge, Unprocessable
+from shared.errors import DomainError, NotFound, TooLarge, Unprocessable
 from shared.mqtt import backoff_delays
 from shared.repositories import fleet as fleet_repo
 from shared.repositories.devices import DeviceFilter
@@ -201,11 +201,16 @@ async def run_step(
             conn, job_id=uuid.UUID(only_job) if only_job is not None else None
         )
         if job is not None:
+            try:
+                device_filter = filter_from_document(job["filter"])
+            except DomainError as exc:  # stored before a rule changed: fail it, do not loop
+                await fleet_repo.fail_job(conn, job_id=job["job_id"], error=str(exc.detail))
+                return True
             await fleet_repo.record_matches(
                 conn,
                 job_id=job["job_id"],
                 tenant_id=job["tenant_id"],
-                device_filter=filter_from_document(job["filter"]),
+                device_filter=device_filter,
                 stale_after=stale_after,
             )
             return True
@@ -287,6 +292,8 @@ class JobRunner:
                     conn.terminate()
             except db.RETRYABLE_ERRORS as exc:
                 log.warning("fleet job listener lost the database: %r", exc)
+            except Exception:
+                log.exception("fleet job listener failed unexpectedly, restarting it")
             await asyncio.sleep(next_delay())
 
     async def _work(self) -> None:
@@ -303,6 +310,10 @@ class JobRunner:
                 next_delay = backoff_delays()
             except db.RETRYABLE_ERRORS as exc:
                 log.warning("fleet job step failed, retrying: %r", exc)
+                await asyncio.sleep(next_delay())
+            except Exception:
+                # A bug must not take the whole app down with this task group: log, back off.
+                log.exception("fleet job step failed unexpectedly, retrying")
                 await asyncio.sleep(next_delay())
 
 
