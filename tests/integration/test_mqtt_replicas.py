@@ -77,6 +77,11 @@ async def test_two_replicas_apply_every_report_once(
         shares = [await accepted_over_mqtt(replica) for replica in replicas]
         assert all(share > 0 for share in shares), shares
         assert sum(shares) == devices_n * reports_n, shares
+        applications = await conn.fetchval(
+            "SELECT count(*) FROM twin_history WHERE tenant_id = $1 AND kind = 'reported'",
+            tenant_id,
+        )
+        assert applications == devices_n * reports_n
 
         # Exactly one replica publishes desired state (it holds the advisory lock) ...
         leaders = await conn.fetchval(
