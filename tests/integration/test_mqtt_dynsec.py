@@ -99,6 +99,18 @@ async def test_a_device_can_touch_only_its_own_twin(stack: Stack) -> None:
             orjson.dumps({"reported": {"hijacked": True}, "version": 1, "clientToken": "evil"}),
             qos=1,
         )
+        # Nor may it write its own desired state or forge the service's replies.
+        await device_a.publish(
+            desired_topic(tenant_id, a["device_id"]),
+            orjson.dumps({"desired": {"forged": True}, "version": 99}),
+            qos=1,
+            retain=True,
+        )
+        await device_a.publish(
+            reply_topic(tenant_id, a["device_id"], accepted=True),
+            orjson.dumps({"accepted": True, "version": 99}),
+            qos=1,
+        )
         await device_a.publish(
             reported_topic(tenant_id, a["device_id"]),
             orjson.dumps({"reported": {"mine": 1}, "version": 0, "clientToken": "own"}),
@@ -112,8 +124,10 @@ async def test_a_device_can_touch_only_its_own_twin(stack: Stack) -> None:
                     break
         assert reported_topic(tenant_id, a["device_id"]) in seen
         assert not any(b["device_id"] in topic and "reported" in topic for topic in seen)
+        assert desired_topic(tenant_id, a["device_id"]) not in seen
 
-        # A's own subscription got its own report and reply, and nothing of B's.
+        # A's own subscription got its own report and the real reply first: nothing of
+        # B's, and none of its forged messages.
         reply = await next_message(device_a)
         assert reply.topic.value == reported_topic(tenant_id, a["device_id"])
         reply = await next_message(device_a)
