@@ -458,3 +458,28 @@ async def test_a_job_whose_stored_filter_no_longer_parses_fails_instead_of_loopi
         "/customer/fleet/desired", json={"filter": {}, "desired": {"a": 1}}, headers=operator
     )
     assert (await wait_for_job(stack, operator, queued.json()["job_id"]))["status"] == "done"
+
+
+async def test_retention_drops_old_finished_jobs_only(database_url: str) -> None:
+    from shared.repositories import fleet as fleet_repo
+
+    conn = await db.connect(database_url, application_name="tests")
+    try:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('acme', 'acme')")
+        for status, age in (("done", "31 days"), ("failed", "40 days"), ("done", "1 day")):
+            await conn.execute(
+                f"""INSERT INTO fleet_jobs (job_id, tenant_id, filter, patch, created_by,
+                                            status, matched, finished_at)
+                    VALUES (gen_random_uuid(), 'acme', '{{}}', '{{}}', 'x', $1, 0,
+                            now() - interval '{age}')""",  # noqa: S608 - test constants
+                status,
+            )
+        await conn.execute(
+            """INSERT INTO fleet_jobs (job_id, tenant_id, filter, patch, created_by, created_at)
+               VALUES (gen_random_uuid(), 'acme', '{}', '{}', 'x', now() - interval '90 days')"""
+        )
+        assert await fleet_repo.delete_finished_before(conn, age=fleet.JOB_RETENTION, limit=10) == 2
+        left = await conn.fetch("SELECT status FROM fleet_jobs ORDER BY status")
+        assert [row["status"] for row in left] == ["done", "running"]
+    finally:
+        await conn.close()

@@ -137,6 +137,24 @@ async def fail_job(conn: Connection, *, job_id: uuid.UUID, error: str) -> None:
     )
 
 
+async def delete_finished_before(conn: Connection, *, age: timedelta, limit: int) -> int:
+    """Retention: drop up to ``limit`` jobs finished longer ago than ``age`` (and, by cascade,
+    their device rows)."""
+    deleted: int = await conn.fetchval(
+        """WITH gone AS (
+               DELETE FROM fleet_jobs
+               WHERE job_id IN (SELECT job_id FROM fleet_jobs
+                                WHERE status <> 'running' AND finished_at < now() - $1::interval
+                                ORDER BY finished_at
+                                LIMIT $2)
+               RETURNING 1)
+           SELECT count(*) FROM gone""",
+        age,
+        limit,
+    )
+    return deleted
+
+
 async def running_jobs(conn: Connection) -> list[asyncpg.Record]:
     """Running jobs with a recorded device set, least recently advanced first (round robin)."""
     return await conn.fetch(

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 WORKERS = 4
 MAX_DEVICE_IDS = 10_000
+JOB_RETENTION = timedelta(days=30)
 _POLL_INTERVAL_S = 5.0
+_RETENTION_INTERVAL_S = 3600.0
 _FILTER_KEYS = frozenset({"device_ids", "tag", "sync_status", "model_id", "q"})
 
 
@@ -273,6 +275,7 @@ class JobRunner:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._listen(), name="fleet-jobs-listen")
+            tasks.create_task(self._retain(), name="fleet-jobs-retention")
             for number in range(self._workers):
                 tasks.create_task(self._work(), name=f"fleet-jobs-worker-{number}")
 
@@ -295,6 +298,20 @@ class JobRunner:
             except Exception:
                 log.exception("fleet job listener failed unexpectedly, restarting it")
             await asyncio.sleep(next_delay())
+
+    async def _retain(self) -> None:
+        """Finished jobs (with their per-device rows) are kept for JOB_RETENTION."""
+        while True:
+            try:
+                while True:
+                    async with self._pool.acquire() as conn:
+                        if not await fleet_repo.delete_finished_before(
+                            conn, age=JOB_RETENTION, limit=1
+                        ):
+                            break
+            except Exception:
+                log.exception("fleet job retention failed; trying again later")
+            await asyncio.sleep(_RETENTION_INTERVAL_S)
 
     async def _work(self) -> None:
         next_delay = backoff_delays()
