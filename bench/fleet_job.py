@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,8 +50,8 @@ async def main(devices: int, workers: int, batch_size: int) -> None:
             finally:
                 await conn.close()
             started = time.perf_counter()
-            subprocess.run(
-                [
+            cli = await asyncio.create_subprocess_exec(
+                *[
                     sys.executable,
                     "-m",
                     "iotcloud.cli",
@@ -67,9 +66,10 @@ async def main(devices: int, workers: int, batch_size: int) -> None:
                     "--batch-size",
                     str(batch_size),
                 ],
-                check=True,
                 env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT / "services")},
             )
+            if await cli.wait() != 0:
+                raise SystemExit(f"iotcloud fleet set-desired exited with {cli.returncode}")
             elapsed = time.perf_counter() - started
             conn = await asyncpg.connect(url)
             try:
