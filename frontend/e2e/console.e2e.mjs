@@ -159,6 +159,23 @@ class SimulatedDevice {
   }
 }
 
+/** Call the operator API from inside the page, with the console's own token. */
+function api(page, method, path, body) {
+  return page.evaluate(
+    async ({ method, path, body }) => {
+      const stored = JSON.parse(localStorage.getItem('iotcloud.token') ?? 'null');
+      const response = await fetch(path, {
+        method,
+        headers: { Authorization: `Bearer ${stored?.accessToken}`, 'Content-Type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await response.text();
+      return { status: response.status, body: text ? JSON.parse(text) : null };
+    },
+    { method, path, body },
+  );
+}
+
 function defineConsoleTest() {
   const baseUrl = process.env.E2E_BASE_URL.replace(/\/+$/, '');
   const screenshots = process.env.E2E_SCREENSHOTS === '1';
@@ -166,6 +183,8 @@ function defineConsoleTest() {
   let page;
   let device;
   let created;
+  const extraDevices = [];
+  const simulated = [];
   const pageProblems = [];
 
   before(async () => {
@@ -182,18 +201,11 @@ function defineConsoleTest() {
 
   after(async () => {
     await device?.close();
+    for (const other of simulated) await other.close();
     // Best-effort clean-up so repeated runs do not fill the tenant with test devices.
-    if (page && created) {
-      await page
-        .evaluate(async (deviceId) => {
-          const stored = JSON.parse(localStorage.getItem('iotcloud.token') ?? 'null');
-          if (!stored) return;
-          await fetch(`/customer/devices/${encodeURIComponent(deviceId)}`, {
-            method: 'DELETE',
-            headers: { Authorization: `Bearer ${stored.accessToken}` },
-          });
-        }, created.deviceId)
-        .catch(() => undefined);
+    const ids = [created?.deviceId, ...extraDevices.map((extra) => extra.deviceId)].filter(Boolean);
+    for (const deviceId of page ? ids : []) {
+      await api(page, 'DELETE', `/customer/devices/${encodeURIComponent(deviceId)}`).catch(() => undefined);
     }
     await browser?.close();
   });
@@ -253,7 +265,22 @@ function defineConsoleTest() {
     await step('the new device is listed in the fleet', async () => {
       const link = page.getByRole('link', { name: created.deviceId, exact: true });
       await link.waitFor();
-      if (screenshots) await page.screenshot({ path: join(SCREENSHOT_DIR, 'fleet.png') });
+    });
+
+    await step('the fleet summary shows the counts', async () => {
+      const summary = page.getByRole('list', { name: 'Fleet summary' });
+      await summary.waitFor();
+      const count = async (name) => {
+        const text = (await summary.locator(`[data-count="${name}"]`).textContent()) ?? '';
+        const match = /(\d+)/.exec(text);
+        assert.ok(match, `summary ${name} shows a number, got ${JSON.stringify(text)}`);
+        return Number(match[1]);
+      };
+      await waitForText(summary.locator('[data-count="total"]'), /^[1-9]\d* devices?$/, 5_000, 'fleet summary total');
+      const [total, synced, pending, stale] = [await count('total'), await count('synced'), await count('pending'), await count('stale')];
+      assert.equal(synced + pending + stale, total, `summary adds up: ${JSON.stringify({ total, synced, pending, stale })}`);
+      // The new device has never been seen, so at least it is stale.
+      assert.ok(stale >= 1, 'the new, never-seen device counts as stale');
     });
 
     await step('the device connects over MQTT and makes first contact', async () => {
@@ -272,10 +299,43 @@ function defineConsoleTest() {
       const panel = page.getByRole('region', { name: 'Device twin' });
       await panel.getByText(created.tenantId, { exact: true }).waitFor();
       await waitForText(badge, 'synced', 10_000, 'badge after the device first reported');
+      // The page follows the Server-Sent Events stream, not a poll.
+      await panel.locator('[data-stream-state="live"]').waitFor({ timeout: 10_000 });
     });
 
     const editor = page.getByLabel('Desired patch (JSON merge patch)');
     const save = page.getByRole('button', { name: 'Save desired' });
+    const modelId = `lamp-${Date.now().toString(36)}`;
+
+    await step('tag the device and give it a model (JSON Schema) from the device page', async () => {
+      const model = await api(page, 'POST', '/customer/models', {
+        model_id: modelId,
+        desired_schema: {
+          type: 'object',
+          properties: { led: { enum: ['red', 'green', 'blue'] } },
+        },
+      });
+      assert.equal(model.status, 201, `create model: ${JSON.stringify(model.body)}`);
+      await page.reload(); // the model list is read when the page opens
+      const profile = page.getByRole('region', { name: 'Device profile' });
+      await profile.getByLabel('Tag key').fill('room');
+      await profile.getByLabel('Tag value').fill('lab');
+      await profile.getByRole('button', { name: 'Add tag' }).click();
+      await profile.getByText('room:lab', { exact: true }).waitFor();
+      await profile.getByLabel('Model').selectOption(modelId);
+      await waitForText(profile.getByLabel('Model').locator('option:checked'), modelId, 5_000, 'selected model');
+      const stored = await api(page, 'GET', `/customer/devices/${encodeURIComponent(created.deviceId)}`);
+      assert.equal(stored.body.model_id, modelId, 'model saved');
+      assert.deepEqual(stored.body.tags, { room: 'lab' }, 'tag saved');
+    });
+
+    await step('a desired write that breaks the model schema is refused inline with its pointer', async () => {
+      await editor.fill('{"led": "purple"}');
+      await save.click();
+      const errors = page.getByRole('alert', { name: 'Schema validation errors' });
+      await waitForText(errors.getByRole('listitem').first(), /^\/led rule enum/, 5_000, 'schema error naming pointer and rule');
+      await waitForText(page.getByText('Desired version', { exact: true }).locator('xpath=following-sibling::dd'), '0', 1_000, 'nothing written');
+    });
 
     await step('bad JSON shows an inline error and disables Save', async () => {
       await editor.fill('{"led": ');
@@ -294,6 +354,10 @@ function defineConsoleTest() {
       await waitForText(page.getByText('Desired version', { exact: true }).locator('xpath=following-sibling::dd'), '1', 2_000, 'desired version');
       const marked = page.getByLabel('Desired state').locator('mark.delta-key');
       await waitForText(marked, /"led"/, 2_000, 'highlighted delta key in desired');
+      // The write is in the history timeline, newest first, with who did it and the diff.
+      const newest = page.getByRole('list', { name: 'Twin history, newest first' }).getByRole('listitem').first();
+      await waitForText(newest, new RegExp(`by ${process.env.E2E_EMAIL.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}.*version 1`), 5_000, 'newest history entry after Save');
+      await waitForText(newest.locator('.history-diff'), '+ led: "green"', 2_000, 'diff of the saved patch');
       if (screenshots) await page.screenshot({ path: join(SCREENSHOT_DIR, 'device.png'), fullPage: true });
       // Proves below that "synced" arrives by polling, not by a reload.
       await page.evaluate(() => {
@@ -316,6 +380,73 @@ function defineConsoleTest() {
       await waitForText(page.getByText('Reported version', { exact: true }).locator('xpath=following-sibling::dd'), String(version), 2_000, 'reported version');
       await page.getByText(/No difference/).waitFor();
       assert.equal(await page.evaluate(() => window.__consoleE2eNoReload === true), true, 'the page must not reload');
+      const newest = page.getByRole('list', { name: 'Twin history, newest first' }).getByRole('listitem').first();
+      await waitForText(newest, /reported.*by device.*version 1/, 5_000, 'the report in the history timeline');
+    });
+
+    const suffix = Date.now().toString(36);
+    await step('more devices: tags, a bulk desired job from a filter, progress shown live', async () => {
+      const specs = [
+        { name: 'Boiler room pump', tags: { site: 'berlin', batch: suffix }, connect: true, follow: true },
+        { name: 'Roof fan', tags: { site: 'berlin', batch: suffix }, connect: true, follow: false },
+        { name: 'Lobby display', tags: { site: 'hamburg' }, connect: true, follow: false },
+        { name: 'Cold store sensor', tags: { site: 'hamburg' }, connect: false, follow: false },
+      ];
+      for (const spec of specs) {
+        const made = await api(page, 'POST', '/customer/devices', { name: spec.name });
+        assert.equal(made.status, 201, `create ${spec.name}: ${JSON.stringify(made.body)}`);
+        const extra = { deviceId: made.body.device_id, tenantId: made.body.tenant_id, token: made.body.provision_token, spec };
+        extraDevices.push(extra);
+        const tagged = await api(page, 'PATCH', `/customer/devices/${encodeURIComponent(extra.deviceId)}`, { tags: spec.tags });
+        assert.equal(tagged.status, 200, `tag ${spec.name}: ${JSON.stringify(tagged.body)}`);
+        if (spec.connect) {
+          extra.sim = new SimulatedDevice({ url: process.env.E2E_MQTT_URL, ...extra });
+          simulated.push(extra.sim);
+          await extra.sim.connect();
+          await extra.sim.report({}, 0);
+          if (spec.follow) await extra.sim.subscribe([`${extra.sim.prefix}/desired`]);
+        }
+      }
+
+      await page.getByRole('link', { name: '← Fleet' }).click();
+      await page.getByRole('heading', { name: 'Fleet', level: 1 }).waitFor();
+      await page.locator('[data-stream-state="live"]').waitFor({ timeout: 10_000 });
+      await page.getByLabel('Tag', { exact: true }).fill(`batch:${suffix}`);
+      const rows = page.locator('table.device-table tbody tr');
+      for (const deadline = Date.now() + 5_000; (await rows.count()) !== 2; await sleep(100)) {
+        if (Date.now() > deadline) assert.fail(`the tag filter should leave the two batch devices, shows ${await rows.count()}`);
+      }
+      await waitForText(rows.first(), /Boiler room pump|Roof fan/, 2_000, 'filtered list');
+
+      await page.getByRole('button', { name: 'Set desired for matching devices' }).click();
+      const dialog = page.getByRole('dialog', { name: 'Set desired for matching devices' });
+      await dialog.getByText(`tag batch:${suffix}`).waitFor();
+      await dialog.getByLabel('Desired patch for matching devices').fill('{"mode": "eco"}');
+      await dialog.getByRole('button', { name: 'Start bulk job' }).click();
+      await dialog.waitFor({ state: 'detached' });
+
+      const progress = page.getByRole('region', { name: 'Bulk job progress' });
+      await waitForText(progress.getByRole('status'), 'done', 15_000, 'bulk job status');
+      await waitForText(progress.locator('[data-count="matched"]'), '2', 2_000, 'bulk job matched');
+      await waitForText(progress.locator('[data-count="written"]'), '2', 2_000, 'bulk job written');
+
+      // The device that follows its desired state applies the job's patch: "synced" counts it live.
+      const follower = extraDevices.find((extra) => extra.spec.follow);
+      const message = await follower.sim.nextDesired(1, 10_000);
+      assert.deepEqual(message.body.desired, { mode: 'eco' });
+      await follower.sim.report(message.body.desired, message.body.version);
+      await waitForText(progress.locator('[data-count="synced"]'), '1', 10_000, 'bulk job synced after one device reported');
+
+      // The rows of the filtered list follow too: one synced, one pending.
+      const followerRow = page.getByRole('row').filter({ hasText: 'Boiler room pump' });
+      await waitForText(followerRow.locator('.sync-badge'), 'synced', 10_000, 'row badge of the device that applied the job');
+      const otherRow = page.getByRole('row').filter({ hasText: 'Roof fan' });
+      await waitForText(otherRow.locator('.sync-badge'), 'pending', 5_000, 'row badge of the device that did not');
+
+      await page.getByRole('button', { name: 'Clear filters' }).click();
+      await waitForText(page.getByRole('list', { name: 'Fleet summary' }).locator('[data-count="total"]'), /^([5-9]\d*|\d{2,}) devices$/, 5_000, 'summary total');
+      await page.getByRole('link', { name: 'Lobby display' }).or(page.getByRole('cell', { name: 'Lobby display' })).first().waitFor();
+      if (screenshots) await page.screenshot({ path: join(SCREENSHOT_DIR, 'fleet.png'), fullPage: true });
     });
 
     assert.deepEqual(

@@ -40,3 +40,22 @@ export function mockFetch(handler: Handler): Call[] {
 export function signIn(): void {
   storeToken('test-token', 3600);
 }
+
+/** A live text/event-stream response for /customer/events; `twin()` sends one twin event. */
+export function eventStream(): { response: Response; twin: (data: Record<string, unknown>, id?: number) => void } {
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    },
+  });
+  const encoder = new TextEncoder();
+  let nextId = 1;
+  controller.enqueue(encoder.encode('retry: 2000\n: stream\n\n'));
+  return {
+    response: new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } }),
+    twin: (data, id = nextId++) => {
+      controller.enqueue(encoder.encode(`id: ${id}\nevent: twin\ndata: ${JSON.stringify(data)}\n\n`));
+    },
+  };
+}

@@ -1,4 +1,4 @@
-import { useId } from 'react';
+import { useId, type ReactNode } from 'react';
 import type { JsonObject } from '../../services/api/devices';
 import { validatePatch } from './desiredPatch';
 
@@ -11,10 +11,12 @@ interface DesiredEditorProps {
   blockedReason?: string;
   /** The desired version the patch will be checked against (If-Match). */
   baseVersion: number | null;
+  /** What the server refused about the last save (e.g. schema errors), shown by the editor. */
+  serverErrors?: ReactNode;
 }
 
 /** A plain textarea with inline JSON validation; Save stays disabled, with the reason shown, until the patch is valid. */
-export function DesiredEditor({ text, onTextChange, onSave, saving, blockedReason, baseVersion }: DesiredEditorProps) {
+export function DesiredEditor({ text, onTextChange, onSave, saving, blockedReason, baseVersion, serverErrors }: DesiredEditorProps) {
   const id = useId();
   const validation = validatePatch(text);
   const reason = blockedReason ?? (saving ? 'Saving…' : validation.ok ? null : validation.reason);
@@ -60,6 +62,7 @@ export function DesiredEditor({ text, onTextChange, onSave, saving, blockedReaso
           )}
         </p>
       </div>
+      {serverErrors}
     </form>
   );
 }

@@ -2,7 +2,7 @@ import { render, screen, waitFor, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { beforeEach, describe, expect, it } from 'vitest';
 import type { Twin } from '../../services/api/devices';
-import { json, mockFetch, signIn } from '../../test/fetchMock';
+import { eventStream, json, mockFetch, signIn } from '../../test/fetchMock';
 import { DeviceTwinPanel } from './DeviceTwinPanel';
 
 const NOW = new Date().toISOString();
@@ -198,6 +198,64 @@ describe('DeviceTwinPanel', () => {
     expect(await screen.findByRole('alert')).toHaveTextContent(
       'The request was not valid: desired.fan: nesting deeper than 16 levels',
     );
+  });
+
+  it('shows a schema refusal (422 with pointer and rule) inline, next to the editor', async () => {
+    mockFetch((call) =>
+      call.method === 'PATCH'
+        ? json(422, {
+            detail: {
+              message: "the desired state after this patch does not match the desired_schema of model 'lamp-v1'",
+              model_id: 'lamp-v1',
+              errors: [
+                { pointer: '/led', rule: 'enum', message: "'purple' is not one of ['red', 'green']" },
+                { pointer: '/fan/speed', rule: 'maximum', message: '9 is greater than the maximum of 5' },
+              ],
+            },
+          })
+        : json(200, twin()),
+    );
+    const user = userEvent.setup();
+    renderPanel();
+    const editor = await screen.findByLabelText('Desired patch (JSON merge patch)');
+    await user.type(editor, '{{"led": "purple", "fan": {{"speed": 9}}');
+    await user.click(screen.getByRole('button', { name: 'Save desired' }));
+
+    const errors = await screen.findByRole('alert', { name: 'Schema validation errors' });
+    // Inside the editor's form, right under the text it is about.
+    expect(editor.closest('form')).toContainElement(errors);
+    expect(errors).toHaveTextContent("does not match the desired_schema of model 'lamp-v1'");
+    const items = within(errors).getAllByRole('listitem');
+    expect(items.map((li) => li.getAttribute('data-pointer'))).toEqual(['/led', '/fan/speed']);
+    expect(items[0]).toHaveTextContent("/led rule enum (not one of the allowed values): 'purple' is not one of ['red', 'green']");
+    expect(items[1]).toHaveTextContent('/fan/speed rule maximum (too large): 9 is greater than the maximum of 5');
+    // Nothing was saved; editing again clears the refusal.
+    expect(screen.getByText('Desired version').nextElementSibling).toHaveTextContent('4');
+    await user.type(editor, ' ');
+    expect(screen.queryByRole('alert', { name: 'Schema validation errors' })).toBeNull();
+  });
+
+  it('follows the live event stream: a twin event for this device re-reads the twin', async () => {
+    const stream = eventStream();
+    let current = twin({ delta: { led: 'green' }, sync_status: 'pending' });
+    const calls = mockFetch((call) => {
+      if (call.url === '/customer/events') return stream.response;
+      return json(200, current);
+    });
+    render(<DeviceTwinPanel deviceId="dev-1" pollIntervalMs={60_000} />);
+    expect(await screen.findByRole('status', { name: 'Sync status: pending' })).toBeInTheDocument();
+    await waitFor(() => expect(screen.getByText('Live')).toBeInTheDocument());
+    const eventsCall = calls.find((call) => call.url === '/customer/events');
+    expect(eventsCall?.headers).toMatchObject({ authorization: 'Bearer test-token', accept: 'text/event-stream' });
+    const twinReads = () => calls.filter((call) => call.url === '/customer/devices/dev-1/twin').length;
+    const before = twinReads();
+
+    // Another device's event changes nothing.
+    stream.twin({ device_id: 'other', desired_version: 1, reported_version: 1, sync_status: 'synced' });
+    current = { ...current, delta: {}, reported_version: 4, sync_status: 'synced' };
+    stream.twin({ device_id: 'dev-1', desired_version: 4, reported_version: 4, sync_status: 'synced' });
+    expect(await screen.findByRole('status', { name: 'Sync status: synced' })).toBeInTheDocument();
+    expect(twinReads()).toBeGreaterThan(before);
   });
 
   it('shows a network failure as a readable alert', async () => {

@@ -1,15 +1,31 @@
 import { useCallback, useRef, useState } from 'react';
-import { usePolling } from '../../app/usePolling';
-import { ApiError, getTwin, patchDesired, type JsonObject, type Twin } from '../../services/api/devices';
+import { LIVE_SAFETY_INTERVAL_MS, useLiveEvents } from '../../app/useLiveEvents';
+import { useRefresh } from '../../app/useRefresh';
+import {
+  ApiError,
+  getTwin,
+  patchDesired,
+  schemaErrorDetail,
+  type JsonObject,
+  type SchemaErrorDetail,
+  type Twin,
+} from '../../services/api/devices';
 import { DesiredEditor } from './DesiredEditor';
 import { JsonView } from './JsonView';
+import { LiveIndicator } from './LiveIndicator';
+import { SchemaErrors } from './SchemaErrors';
 import { SyncBadge } from './SyncBadge';
 import { absoluteTime, relativeTime } from './relativeTime';
 
 interface DeviceTwinPanelProps {
   deviceId: string;
-  /** How often to re-read the twin; the badge follows the device without a reload. */
+  /**
+   * How often to re-read the twin while the live event stream is down (fallback polling);
+   * while it is up, a twin event for this device triggers the re-read.
+   */
   pollIntervalMs?: number;
+  /** Called after every accepted desired write (the history timeline refreshes). */
+  onSaved?: () => void;
 }
 
 const isAbort = (error: unknown): boolean => error instanceof DOMException && error.name === 'AbortError';
@@ -22,7 +38,7 @@ function describeLoadError(error: unknown): string {
 }
 
 /** Desired, reported and delta side by side, with an editor for desired merge patches. */
-export function DeviceTwinPanel({ deviceId, pollIntervalMs = 1000 }: DeviceTwinPanelProps) {
+export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: DeviceTwinPanelProps) {
   const [twin, setTwin] = useState<Twin | null>(null);
   const [loadError, setLoadError] = useState<unknown>(null);
   const [editorText, setEditorText] = useState('');
@@ -30,6 +46,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 1000 }: DeviceTwinP
   const [baseVersion, setBaseVersion] = useState<number | null>(null);
   const [saving, setSaving] = useState(false);
   const [saveError, setSaveError] = useState<string | null>(null);
+  const [schemaError, setSchemaError] = useState<SchemaErrorDetail | null>(null);
   const [conflict, setConflict] = useState(false);
   const [savedVersion, setSavedVersion] = useState<number | null>(null);
   // Bumped on every write we make, so a poll that started before it cannot show older state.
@@ -52,17 +69,21 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 1000 }: DeviceTwinP
     [deviceId],
   );
 
-  usePolling(
+  const stream = useLiveEvents((event) => {
+    if (event.device_id === deviceId) refresh();
+  });
+  const refresh = useRefresh(
     async (signal) => {
       await loadTwin(signal);
     },
-    pollIntervalMs,
+    stream === 'live' ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
     [deviceId],
   );
 
   const handleTextChange = (text: string) => {
     setEditorText(text);
     setSavedVersion(null);
+    setSchemaError(null);
     if (baseVersion === null && twin) setBaseVersion(twin.desired_version);
   };
 
@@ -71,6 +92,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 1000 }: DeviceTwinP
     const ifMatch = baseVersion ?? twin.desired_version;
     setSaving(true);
     setSaveError(null);
+    setSchemaError(null);
     setSavedVersion(null);
     generation.current += 1;
     try {
@@ -80,12 +102,15 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 1000 }: DeviceTwinP
       setBaseVersion(updated.desired_version);
       setConflict(false);
       setSavedVersion(updated.desired_version);
+      onSaved?.();
     } catch (error) {
       if (error instanceof ApiError && error.status === 412) {
         generation.current += 1;
         const fresh = await loadTwin();
         setConflict(true);
         setBaseVersion(fresh ? fresh.desired_version : null);
+      } else if (schemaErrorDetail(error)) {
+        setSchemaError(schemaErrorDetail(error));
       } else {
         setSaveError(error instanceof Error ? error.message : 'Saving failed.');
       }
@@ -128,6 +153,10 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 1000 }: DeviceTwinP
         </div>
       )}
 
+      <div className="panel-heading">
+        <h2>Twin</h2>
+        <LiveIndicator state={stream} />
+      </div>
       <dl className="twin-facts">
         <div>
           <dt>Sync status</dt>
@@ -226,6 +255,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 1000 }: DeviceTwinP
         onSave={(patch) => void save(patch)}
         saving={saving}
         baseVersion={baseVersion}
+        serverErrors={schemaError && <SchemaErrors detail={schemaError} />}
       />
     </section>
   );

@@ -1,7 +1,7 @@
 import { render, screen, waitFor, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { json, mockFetch, signIn } from '../../test/fetchMock';
+import { eventStream, json, mockFetch, signIn } from '../../test/fetchMock';
 import { FleetPage } from './FleetPage';
 
 const device = (id: string, overrides = {}) => ({
@@ -103,5 +103,107 @@ describe('FleetPage', () => {
     mockFetch(() => json(403, { detail: 'viewer role cannot list devices' }));
     render(<FleetPage pollIntervalMs={60_000} />);
     expect(await screen.findByRole('alert')).toHaveTextContent('You do not have permission to do this: viewer role cannot list devices');
+  });
+
+  it('filters by tag and text (debounced) and explains a malformed tag filter', async () => {
+    const calls = mockFetch((call) =>
+      call.url.startsWith('/customer/devices') ? json(200, { items: [device('d-1', { tags: { site: 'berlin' } })], next: null }) : json(404, {}),
+    );
+    const user = userEvent.setup();
+    render(<FleetPage pollIntervalMs={60_000} />);
+    const row = (await screen.findByRole('link', { name: 'd-1' })).closest('tr') as HTMLElement;
+    expect(row).toHaveTextContent('site:berlin');
+
+    await user.type(screen.getByLabelText('Tag'), 'site');
+    expect(await screen.findByText(/Write the tag as key:value/)).toBeInTheDocument();
+    expect(screen.getByRole('button', { name: 'Set desired for matching devices' })).toBeDisabled();
+    await user.type(screen.getByLabelText('Tag'), ':berlin');
+    await user.type(screen.getByLabelText('Search'), 'pump');
+    await waitFor(() =>
+      expect(calls.some((call) => call.url === '/customer/devices?limit=20&tag=site%3Aberlin&q=pump')).toBe(true),
+    );
+    expect(calls.some((call) => call.url.includes('tag=site&') || call.url.endsWith('tag=site'))).toBe(false);
+  });
+
+  it('starts a bulk job from the current filter and shows its progress until done', async () => {
+    let polls = 0;
+    const calls = mockFetch((call) => {
+      if (call.url.startsWith('/customer/fleet/summary')) return json(200, { total: 5, synced: 2, pending: 3, stale: 0 });
+      if (call.url.startsWith('/customer/fleet/jobs/job-1')) {
+        polls += 1;
+        return json(200, {
+          job_id: 'job-1',
+          status: polls < 2 ? 'running' : 'done',
+          matched: 3,
+          written: polls < 2 ? 1 : 3,
+          synced: polls < 3 ? 0 : 3,
+          desired: { mode: 'eco' },
+        });
+      }
+      if (call.url.startsWith('/customer/fleet/jobs')) return json(200, { items: [] });
+      if (call.method === 'POST' && call.url === '/customer/fleet/desired') return json(202, { job_id: 'job-1' });
+      return json(200, { items: [device('d-1')], next: null });
+    });
+    const user = userEvent.setup();
+    render(<FleetPage pollIntervalMs={60_000} jobPollIntervalMs={20} />);
+    await screen.findByRole('link', { name: 'd-1' });
+    await user.selectOptions(screen.getByLabelText('Sync status'), 'pending');
+
+    await user.click(screen.getByRole('button', { name: 'Set desired for matching devices' }));
+    const dialog = screen.getByRole('dialog', { name: 'Set desired for matching devices' });
+    expect(dialog).toHaveTextContent('devices with sync status pending (3 now)');
+    const start = within(dialog).getByRole('button', { name: 'Start bulk job' });
+    expect(start).toBeDisabled();
+    await user.type(within(dialog).getByLabelText('Desired patch for matching devices'), '{{"mode": "eco"}');
+    await user.click(start);
+
+    expect(calls.find((call) => call.method === 'POST')?.body).toEqual({ filter: { sync_status: 'pending' }, desired: { mode: 'eco' } });
+    expect(screen.queryByRole('dialog')).toBeNull();
+    const progress = await screen.findByRole('region', { name: 'Bulk job progress' });
+    expect(await within(progress).findByRole('status', { name: 'Job status: done' })).toBeInTheDocument();
+    await waitFor(() => expect(progress.querySelector('[data-count="synced"]')).toHaveTextContent('3'));
+    expect(progress.querySelector('[data-count="matched"]')).toHaveTextContent('3');
+    await user.click(within(progress).getByRole('button', { name: 'Dismiss' }));
+    expect(screen.queryByRole('region', { name: 'Bulk job progress' })).toBeNull();
+  });
+
+  it('shows a refused bulk job as a readable message in the dialog', async () => {
+    mockFetch((call) => {
+      if (call.method === 'POST') return json(403, { detail: 'this needs the operator role; you are viewer' });
+      if (call.url.startsWith('/customer/devices')) return json(200, { items: [], next: null });
+      return json(404, {});
+    });
+    const user = userEvent.setup();
+    render(<FleetPage pollIntervalMs={60_000} />);
+    await user.click(screen.getByRole('button', { name: 'Set desired for matching devices' }));
+    const dialog = screen.getByRole('dialog', { name: 'Set desired for matching devices' });
+    expect(dialog).toHaveTextContent('No filter is set');
+    await user.type(within(dialog).getByLabelText('Desired patch for matching devices'), '{{"a": 1}');
+    await user.click(within(dialog).getByRole('button', { name: 'Start bulk job' }));
+    expect(await within(dialog).findByRole('alert')).toHaveTextContent(
+      'You do not have permission to do this: this needs the operator role; you are viewer',
+    );
+  });
+
+  it('updates a row and the summary live from the event stream', async () => {
+    const stream = eventStream();
+    let summary = { total: 1, synced: 0, pending: 1, stale: 0 };
+    let listed = device('d-1', { sync_status: 'pending', desired_version: 3, reported_version: 2 });
+    mockFetch((call) => {
+      if (call.url === '/customer/events') return stream.response;
+      if (call.url.startsWith('/customer/fleet/summary')) return json(200, summary);
+      if (call.url.startsWith('/customer/fleet/jobs')) return json(200, { items: [] });
+      return json(200, { items: [listed], next: null });
+    });
+    render(<FleetPage pollIntervalMs={60_000} />);
+    const row = (await screen.findByRole('link', { name: 'd-1' })).closest('tr') as HTMLElement;
+    expect(row).toHaveTextContent('pending');
+    await waitFor(() => expect(screen.getByText('Live')).toBeInTheDocument());
+
+    summary = { total: 1, synced: 1, pending: 0, stale: 0 };
+    listed = { ...listed, sync_status: 'synced', reported_version: 3 };
+    stream.twin({ device_id: 'd-1', desired_version: 3, reported_version: 3, sync_status: 'synced', at: new Date().toISOString() });
+    await waitFor(() => expect(row).toHaveTextContent('synced'));
+    await waitFor(() => expect(screen.getByRole('list', { name: 'Fleet summary' }).querySelector('[data-count="synced"]')).toHaveTextContent('1 synced'));
   });
 });

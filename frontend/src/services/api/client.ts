@@ -75,12 +75,26 @@ export function formatDetail(detail: unknown): string {
   }
   if (typeof detail === 'object') {
     const record = detail as Record<string, unknown>;
+    // Schema refusals: {message, errors: [{pointer, rule, message}]}.
+    if (typeof record.message === 'string' && Array.isArray(record.errors) && record.errors.length > 0) {
+      const rules = record.errors.map(formatViolation).filter(Boolean);
+      if (rules.length > 0) return `${record.message}: ${rules.join('; ')}`;
+    }
     for (const key of ['message', 'msg', 'error', 'detail']) {
       const value = record[key];
       if (typeof value === 'string') return value;
     }
   }
   return JSON.stringify(detail);
+}
+
+function formatViolation(item: unknown): string {
+  if (!item || typeof item !== 'object') return '';
+  const { pointer, rule, message } = item as { pointer?: unknown; rule?: unknown; message?: unknown };
+  if (typeof pointer !== 'string') return '';
+  const where = pointer === '' ? '(whole document)' : pointer;
+  const what = typeof rule === 'string' && rule ? ` [${rule}]` : '';
+  return `${where}${what} ${typeof message === 'string' ? message : ''}`.trim();
 }
 
 function formatDetailItem(item: unknown): string {

@@ -78,6 +78,124 @@ export interface ListDevicesParams {
   limit?: number;
   cursor?: string | null;
   sync_status?: SyncStatus | null;
+  /** `key:value`: only devices carrying that tag. */
+  tag?: string | null;
+  model_id?: string | null;
+  /** Text in the device id or name. */
+  q?: string | null;
+}
+
+/** GET/PATCH /customer/devices/{id}: the device summary plus its model. */
+export interface DeviceProfile extends DeviceSummary {
+  model_id: string | null;
+  created_at?: string;
+}
+
+export interface DeviceProfilePatch {
+  name?: string;
+  /** Merge patch: a string sets a tag, null removes it. */
+  tags?: Record<string, string | null>;
+  /** null detaches the device from its model. */
+  model_id?: string | null;
+}
+
+export interface DeviceModel {
+  model_id: string;
+  desired_schema: JsonObject;
+  reported_schema: JsonObject | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface ModelPage {
+  items: DeviceModel[];
+  next: string | null;
+}
+
+export type HistoryActor = { type: 'user'; email: string } | { type: 'device' };
+
+export interface HistoryItem {
+  id: number;
+  /** ISO 8601. */
+  at: string;
+  kind: 'desired' | 'reported';
+  actor: HistoryActor;
+  version: number;
+  /** The merge patch (desired) or the report (reported) that was accepted. */
+  patch: JsonObject;
+}
+
+export interface HistoryPage {
+  items: HistoryItem[];
+  next: string | null;
+}
+
+/** The filter of a bulk job: every key set must hold; {} matches every device. */
+export interface FleetFilter {
+  device_ids?: string[];
+  tag?: string;
+  sync_status?: SyncStatus;
+  model_id?: string;
+  q?: string;
+}
+
+export type JobStatus = 'running' | 'done' | 'failed';
+
+export interface FleetJob {
+  job_id: string;
+  status: JobStatus;
+  matched: number;
+  written: number;
+  synced: number;
+  skipped?: number;
+  failed?: number;
+  error?: string | null;
+  filter?: FleetFilter;
+  desired?: JsonObject;
+  created_by?: string;
+  created_at?: string | null;
+  finished_at?: string | null;
+}
+
+/** One failed JSON Schema rule (422 of a desired write that breaks the device's model). */
+export interface SchemaViolation {
+  /** RFC 6901 pointer into the desired document; "" is the whole document. */
+  pointer: string;
+  /** The JSON Schema keyword that failed, e.g. "type", "enum", "maximum". */
+  rule: string;
+  message: string;
+}
+
+export interface SchemaErrorDetail {
+  message: string;
+  model_id?: string;
+  errors: SchemaViolation[];
+}
+
+/** The schema violations of an error, when it is the model-schema 422; otherwise null. */
+export function schemaErrorDetail(error: unknown): SchemaErrorDetail | null {
+  if (!(error instanceof ApiError) || error.status !== 422) return null;
+  const detail = error.detail;
+  if (!detail || typeof detail !== 'object' || Array.isArray(detail)) return null;
+  const record = detail as Record<string, unknown>;
+  if (!Array.isArray(record.errors)) return null;
+  const errors: SchemaViolation[] = [];
+  for (const item of record.errors) {
+    if (item && typeof item === 'object' && typeof (item as SchemaViolation).pointer === 'string') {
+      const violation = item as Partial<SchemaViolation>;
+      errors.push({
+        pointer: violation.pointer ?? '',
+        rule: typeof violation.rule === 'string' ? violation.rule : '',
+        message: typeof violation.message === 'string' ? violation.message : '',
+      });
+    }
+  }
+  if (errors.length === 0) return null;
+  return {
+    message: typeof record.message === 'string' ? record.message : 'The desired state does not match the device model',
+    model_id: typeof record.model_id === 'string' ? record.model_id : undefined,
+    errors,
+  };
 }
 
 const devicePath = (deviceId: string): string => `/customer/devices/${encodeURIComponent(deviceId)}`;
@@ -102,7 +220,14 @@ export async function login(email: string, password: string): Promise<TokenRespo
 
 export async function listDevices(params: ListDevicesParams = {}, signal?: AbortSignal): Promise<DevicePage> {
   const { body } = await request<DevicePage>('/customer/devices', {
-    query: { limit: params.limit, cursor: params.cursor, sync_status: params.sync_status },
+    query: {
+      limit: params.limit,
+      cursor: params.cursor,
+      sync_status: params.sync_status,
+      tag: params.tag,
+      model_id: params.model_id,
+      q: params.q,
+    },
     signal,
   });
   return body;
@@ -167,4 +292,53 @@ export async function getSummary(signal?: AbortSignal): Promise<FleetSummary | n
     if (error instanceof ApiError && error.status === 404) return null;
     throw error;
   }
+}
+
+export async function getDevice(deviceId: string, signal?: AbortSignal): Promise<DeviceProfile> {
+  const { body } = await request<DeviceProfile>(devicePath(deviceId), { signal });
+  return body;
+}
+
+/** Rename, merge tags (null removes one), set or clear the model. Needs the admin role. */
+export async function updateDevice(deviceId: string, patch: DeviceProfilePatch): Promise<DeviceProfile> {
+  const { body } = await request<DeviceProfile>(devicePath(deviceId), { method: 'PATCH', json: patch });
+  return body;
+}
+
+export async function listModels(signal?: AbortSignal): Promise<ModelPage> {
+  const { body } = await request<ModelPage>('/customer/models', { query: { limit: 500 }, signal });
+  return body;
+}
+
+/** The twin's history, newest first; pass `next` as `cursor` for older entries. */
+export async function getHistory(
+  deviceId: string,
+  params: { limit?: number; cursor?: string | null } = {},
+  signal?: AbortSignal,
+): Promise<HistoryPage> {
+  const { body } = await request<HistoryPage>(`${devicePath(deviceId)}/twin/history`, {
+    query: { limit: params.limit, cursor: params.cursor },
+    signal,
+  });
+  return body;
+}
+
+/** Queue one merge patch for every device the filter matches (202 with the job id). */
+export async function createFleetJob(filter: FleetFilter, desired: JsonObject): Promise<{ job_id: string }> {
+  const { body } = await request<{ job_id: string }>('/customer/fleet/desired', {
+    method: 'POST',
+    json: { filter, desired },
+  });
+  return body;
+}
+
+export async function getFleetJob(jobId: string, signal?: AbortSignal): Promise<FleetJob> {
+  const { body } = await request<FleetJob>(`/customer/fleet/jobs/${encodeURIComponent(jobId)}`, { signal });
+  return body;
+}
+
+/** The tenant's latest bulk jobs, newest first. */
+export async function listFleetJobs(limit = 5, signal?: AbortSignal): Promise<FleetJob[]> {
+  const { body } = await request<{ items: FleetJob[] }>('/customer/fleet/jobs', { query: { limit }, signal });
+  return body.items;
 }
