@@ -1,7 +1,18 @@
 import { describe, expect, it } from 'vitest';
 import { json, mockFetch, signIn } from '../../test/fetchMock';
 import { formatDetail } from './client';
-import { ApiError, createDevice, getSummary, getToken, getTwin, listDevices, login, parseEtagVersion } from './devices';
+import {
+  ApiError,
+  createDevice,
+  getHistory,
+  getSummary,
+  getToken,
+  getTwin,
+  listDevices,
+  login,
+  parseEtagVersion,
+  schemaErrorDetail,
+} from './devices';
 
 describe('devices API client', () => {
   it('signs in with an OAuth2 password form and keeps the token', async () => {
@@ -88,6 +99,22 @@ describe('devices API client', () => {
       typeof body === 'string' ? new Response('<html>bad gateway</html>', { status }) : json(status, body),
     );
     await expect(listDevices()).rejects.toMatchObject({ status, message });
+  });
+
+  it('sends list filters and history paging as query parameters, and reads schema refusals', async () => {
+    signIn();
+    const calls = mockFetch(() => json(200, { items: [], next: null }));
+    await listDevices({ limit: 20, tag: 'site:berlin', q: 'pump', model_id: 'm1', sync_status: 'stale' });
+    await getHistory('a/b', { limit: 20, cursor: '41' });
+    expect(calls.map((call) => call.url)).toEqual([
+      '/customer/devices?limit=20&sync_status=stale&tag=site%3Aberlin&model_id=m1&q=pump',
+      '/customer/devices/a%2Fb/twin/history?limit=20&cursor=41',
+    ]);
+    const detail = { message: 'does not match', errors: [{ pointer: '', rule: 'required', message: "'led' is a required property" }] };
+    const error = new ApiError(422, 'x', detail);
+    expect(schemaErrorDetail(error)).toEqual({ message: 'does not match', model_id: undefined, errors: detail.errors });
+    expect(schemaErrorDetail(new ApiError(422, 'x', [{ loc: ['body'], msg: 'bad' }]))).toBeNull();
+    expect(formatDetail(detail)).toBe("does not match: (whole document) [required] 'led' is a required property");
   });
 
   it('formats any detail shape', () => {
