@@ -70,7 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
             target,
             client_id=f"ingest_iot-{replica_name()}",
             subscriptions=(f"$share/{SHARED_GROUP}/{REPORTED_SUBSCRIPTION}",),
-            on_message=bridge.handle,
+            on_messages=bridge.handle_batch,
+            max_batch=_max_report_batch(),
             on_connect=on_connect,
             persistent=True,
             manual_ack=True,
@@ -114,6 +115,16 @@ def create_app(settings: Settings) -> FastAPI:
     install_health(app, ready)
     app.include_router(routes.router)
     return app
+
+
+def _max_report_batch() -> int:
+    """Reports applied per transaction at most (``IOTCLOUD_INGEST_BATCH``, default 500).
+
+    The broker caps it too: it has at most its in-flight window of unacknowledged QoS 1
+    messages out to this session at any time.
+    """
+    raw = os.environ.get("IOTCLOUD_INGEST_BATCH", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 500
 
 
 async def _sample_desired_lag(pool: asyncpg.Pool) -> None:

@@ -17,7 +17,7 @@ from shared.dynsec import RESPONSE_TOPIC, DynSecClient
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+BatchHandler = Callable[[list[aiomqtt.Message]], Awaitable[None]]
 ConnectHook = Callable[[], Coroutine[Any, Any, None]]
 
 
@@ -59,8 +59,11 @@ def backoff_delays(base: float = 0.2, cap: float = 5.0) -> Callable[[], float]:
 class BrokerLink:
     """One service connection: subscriptions, dynamic-security commands, reconnects.
 
-    ``manual_ack`` holds back the PUBACK of each QoS 1 message until the handler returns, so a
-    message is acknowledged only after its effect is committed (at-least-once).
+    ``on_messages`` gets every message that has arrived (up to ``max_batch``) in one call, so
+    a handler can apply many in one transaction; when the stream is quiet a batch is one
+    message and nothing waits for more. ``manual_ack`` holds back the PUBACK of each QoS 1
+    message until the handler has returned for its batch, so a message is acknowledged only
+    after its effect is committed (at-least-once).
     """
 
     def __init__(
@@ -69,7 +72,8 @@ class BrokerLink:
         *,
         client_id: str,
         subscriptions: tuple[str, ...] = (),
-        on_message: MessageHandler | None = None,
+        on_messages: BatchHandler | None = None,
+        max_batch: int = 1,
         on_connect: ConnectHook | None = None,
         persistent: bool = False,
         manual_ack: bool = False,
@@ -77,7 +81,8 @@ class BrokerLink:
         self._target = target
         self._client_id = client_id
         self._subscriptions = subscriptions
-        self._on_message = on_message
+        self._on_messages = on_messages
+        self._max_batch = max(1, max_batch)
         self._on_connect = on_connect
         self._persistent = persistent
         self._manual_ack = manual_ack
@@ -147,14 +152,24 @@ class BrokerLink:
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         assert self.dynsec is not None
-        async for message in client.messages:
-            if message.topic.value == RESPONSE_TOPIC:
-                if isinstance(message.payload, bytes):
-                    self.dynsec.handle_response(message.payload)
-            elif self._on_message is not None:
-                await self._on_message(message)
-            if self._manual_ack and message.qos > 0:
-                client._client.ack(message.mid, message.qos)
+        messages = client.messages
+        async for first in messages:
+            batch = [first]
+            while len(batch) < self._max_batch and len(messages):
+                batch.append(await anext(messages))  # already queued: returns at once
+            handed: list[aiomqtt.Message] = []
+            for message in batch:
+                if message.topic.value == RESPONSE_TOPIC:
+                    if isinstance(message.payload, bytes):
+                        self.dynsec.handle_response(message.payload)
+                else:
+                    handed.append(message)
+            if handed and self._on_messages is not None:
+                await self._on_messages(handed)
+            if self._manual_ack:
+                for message in batch:
+                    if message.qos > 0:
+                        client._client.ack(message.mid, message.qos)
 
     async def wait_connected(self, timeout: float) -> bool:
         try:
