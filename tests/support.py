@@ -43,8 +43,18 @@ def server_url() -> str:
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
         return configured
-    port = int(os.environ.get("TEST_PG_PORT", "5545"))
-    return EmbeddedPostgres(ROOT / ".iotcloud" / "test", port).ensure_running()
+    home = ROOT / ".iotcloud" / "test"
+    port_file = home / "port"
+    if "TEST_PG_PORT" in os.environ:
+        port = int(os.environ["TEST_PG_PORT"])
+    elif port_file.exists():
+        port = int(port_file.read_text())
+    else:
+        # A free port, kept for this checkout: two checkouts on one machine never collide.
+        port = free_port()
+        home.mkdir(parents=True, exist_ok=True)
+        port_file.write_text(str(port))
+    return EmbeddedPostgres(home, port).ensure_running()
 
 
 def with_database(url: str, name: str) -> str:
