@@ -72,7 +72,7 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{PG_DB}"
+        return f"postgresql://{PG_USER}@127.0.0.1:{self._listening_port()}/{PG_DB}"
 
     def _cmd(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -134,16 +134,24 @@ class EmbeddedPostgres:
                 raise EmbeddedError(
                     f"embedded PostgreSQL did not start: {result.stderr.strip()}\n(log: {log_file})"
                 )
-        self._ensure_database()
+        self._ensure_database(self._listening_port())
         return self.url
 
-    def _ensure_database(self) -> None:
+    def _listening_port(self) -> int:
+        """The port the running server took, which wins over ``self.port`` if it differs
+        (a server started earlier with another port setting)."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().splitlines()[3])
+        except (OSError, IndexError, ValueError):
+            return self.port
+
+    def _ensure_database(self, port: int) -> None:
         exists = self._cmd(
             "psql",
             "-h",
             "127.0.0.1",
             "-p",
-            str(self.port),
+            str(port),
             "-U",
             PG_USER,
             "-d",
@@ -152,7 +160,7 @@ class EmbeddedPostgres:
             f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'",  # noqa: S608 - a constant
         ).stdout.strip()
         if exists != "1":
-            self._cmd("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, PG_DB)
+            self._cmd("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, PG_DB)
 
     def stop(self) -> None:
         if self.running():
