@@ -2,16 +2,15 @@
 
 The broker link hands over every report that has arrived (up to a cap): one transaction
 applies them all in delivery order (``shared.services.report_batches``), and only after it
-commits are the replies published and the reports acknowledged (manual PUBACK on a
-persistent session), so nothing the broker accepted is lost if this process dies. When the
-stream is quiet a batch is one report and nothing waits; under load a batch grows while the
-previous one commits. Batches are handled one at a time, so each device's reports apply in
+commits are the replies handed to the client (QoS 1) and the reports acknowledged (manual
+PUBACK on a persistent session), so nothing the broker accepted is lost if this process dies.
+When the stream is quiet a batch is one report and nothing waits; under load a batch grows
+while the previous one commits. Batches are handled one at a time, so each device's reports apply in
 delivery order.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiomqtt
@@ -74,18 +73,12 @@ class ReportBridge:
                 )
         if self.link is None:
             return
-        client = self.link.client
-        await asyncio.gather(
-            *(
-                client.publish(
+        for report, result in zip(incoming, results, strict=True):
+            if result.reply is not None:
+                self.link.publish_nowait(
                     reply_topic(report.tenant_id, report.device_id, accepted=result.accepted),
                     orjson.dumps(result.reply),
-                    qos=1,
                 )
-                for report, result in zip(incoming, results, strict=True)
-                if result.reply is not None
-            )
-        )
 
     async def _apply(self, reports: list[IncomingReport]) -> list[AppliedReport]:
         async with db.transaction(self._pool) as conn:

@@ -229,6 +229,7 @@ async def cmd_simulate(args: argparse.Namespace) -> None:
         prefix=args.prefix,
         apply_delay=args.apply_delay,
         progress_every=args.progress_every,
+        burst=args.burst,
     )
 
 
@@ -367,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--devices", type=int, default=3)
     simulate.add_argument(
         "--rate", type=float, default=0.0, help="extra reports per second per device"
+    )
+    simulate.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="readings each device sends back to back once all are connected (MQTT); "
+        "with no --duration the run ends when all are sent",
     )
     simulate.add_argument("--http", action="store_true", help="poll and report over HTTP instead")
     simulate.add_argument("--http-url", default=f"http://127.0.0.1:{_port('INGEST_PORT', 8001)}")

@@ -7,11 +7,11 @@ import logging
 import aiomqtt
 
 from shared import db
-from shared.dynsec import DynSecError, dynsec_session
-from shared.errors import Conflict
+from shared.dynsec import DynSecError, broker_credential, dynsec_session
 from shared.mqtt import parse_mqtt_url
-from shared.repositories import tenants
-from shared.services.devices import NewDevice, create_device, rotate_token
+from shared.repositories import bulk_devices, tenants
+from shared.security import hash_provision_token, new_provision_token
+from shared.services.devices import DEVICE_ID_RE, NewDevice, create_device
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +67,34 @@ async def provision_fleet(
 ) -> dict[str, str]:
     """Create these devices, or give existing ones a new token: {device_id: token}.
 
-    For simulators and demos, which must know every token they log in with.
+    For simulators, demos and benchmarks, which must know every token they log in with: the
+    whole fleet in a couple of statements and one transaction, its broker accounts written
+    before the commit (either both exist or neither).
     """
+    for device_id in device_ids:
+        if not DEVICE_ID_RE.match(device_id):
+            raise ProvisioningError(f"not a valid device id: {device_id!r}")
+    tokens = {device_id: new_provision_token() for device_id in device_ids}
+    credentials = [broker_credential(token) for token in tokens.values()]
     conn = await db.connect(database_url, application_name="iotcloud-provision")
-    tokens: dict[str, str] = {}
     try:
         async with conn.transaction():
             if not await tenants.exists(conn, tenant_id):
                 raise ProvisioningError(f"no tenant {tenant_id!r}")
-            for device_id in device_ids:
-                try:
-                    async with conn.transaction():
-                        new = await create_device(
-                            conn, tenant_id=tenant_id, device_id=device_id, name=None
-                        )
-                    tokens[device_id] = new.provision_token
-                except Conflict:
-                    tokens[device_id] = await rotate_token(
-                        conn, tenant_id=tenant_id, device_id=device_id
-                    )
+            done = await bulk_devices.upsert_credentials(
+                conn,
+                tenant_id=tenant_id,
+                device_ids=list(tokens),
+                token_hashes=[hash_provision_token(token) for token in tokens.values()],
+                broker_salts=[credential.salt for credential in credentials],
+                broker_hashes=[credential.password_hash for credential in credentials],
+            )
+            refused = [device_id for device_id in tokens if device_id not in done]
+            if refused:
+                raise ProvisioningError(
+                    f"{len(refused)} device ids are deleted or belong to another tenant, "
+                    f"e.g. {refused[0]!r}"
+                )
             target = parse_mqtt_url(mqtt_url)
             async with dynsec_session(
                 target.host, target.port, target.username, target.password

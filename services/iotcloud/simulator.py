@@ -1,7 +1,11 @@
 """Simulated devices that really speak MQTT (or HTTP) with their own credentials.
 
 Each applies the desired state it receives and reports it back with that version; with
-``rate`` it also reports a changing reading that often, as a live device would.
+``rate`` it also reports a changing reading that often, as a live device would; with
+``burst`` each sends that many readings back to back once every device is connected (the
+ingest benchmark's load). The fleet is provisioned in one transaction, and every device
+holds its own MQTT connection (a few thousand fit in one process; connects are paced so
+the broker's accept queue never overflows).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from iotcloud.provisioning import provision_fleet
 from shared.mqtt import backoff_delays, parse_mqtt_url
 from shared.topics import desired_topic, reported_topic
 
+_CONNECTING_AT_ONCE = 64
+
 
 @dataclass
 class Counters:
@@ -29,11 +35,18 @@ class Counters:
     accepted: int = 0
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    all_connected: asyncio.Event = field(default_factory=asyncio.Event)
+    connecting: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(_CONNECTING_AT_ONCE)
+    )
+    started: float = field(default_factory=time.monotonic)
 
     def line(self, total: int) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
         return (
             f"{self.connected}/{total} connected, {self.desired_received} desired received, "
-            f"{self.reports_sent} reports sent, {self.accepted} accepted, {self.rejected} rejected"
+            f"{self.reports_sent} reports sent ({self.reports_sent / elapsed:,.0f}/s), "
+            f"{self.accepted} accepted, {self.rejected} rejected"
         )
 
 
@@ -44,31 +57,56 @@ async def _mqtt_device(
     device_id: str,
     token: str,
     rate: float,
+    burst: int,
     apply_delay: float,
     counters: Counters,
+    total: int,
 ) -> None:
     version = 0
     desired: dict[str, object] = {}
     next_delay = backoff_delays()
     while True:
         try:
-            async with aiomqtt.Client(
-                host, port, username=device_id, password=token, identifier=device_id, keepalive=30
-            ) as client:
+            async with contextlib.AsyncExitStack() as session:
+                client = aiomqtt.Client(
+                    host,
+                    port,
+                    username=device_id,
+                    password=token,
+                    identifier=device_id,
+                    keepalive=60,
+                    timeout=30,
+                )
+                async with counters.connecting:
+                    await session.enter_async_context(client)
                 counters.connected += 1
-                try:
-                    await client.subscribe(desired_topic(tenant_id, device_id), qos=1)
-                    await client.subscribe(reported_topic(tenant_id, device_id) + "/+", qos=1)
-                    await _mqtt_loop(
-                        client, tenant_id, device_id, rate, apply_delay, counters, version, desired
-                    )
-                finally:
-                    counters.connected -= 1
+                session.callback(_disconnected, counters)
+                await client.subscribe(desired_topic(tenant_id, device_id), qos=1)
+                await client.subscribe(reported_topic(tenant_id, device_id) + "/+", qos=1)
+                if counters.connected >= total:
+                    counters.all_connected.set()
+                await _mqtt_loop(
+                    client,
+                    tenant_id,
+                    device_id,
+                    rate,
+                    burst,
+                    apply_delay,
+                    counters,
+                    version,
+                    desired,
+                )
         except (aiomqtt.MqttError, ExceptionGroup) as exc:
             # Includes a refused login (token rotated by an operator): keep trying, slowly.
             counters.errors.append(f"{device_id}: {exc!r}")
             del counters.errors[:-100]
+            if counters.all_connected.is_set():
+                burst = 0  # a device that reconnects does not burst again
             await asyncio.sleep(next_delay())
+
+
+def _disconnected(counters: Counters) -> None:
+    counters.connected -= 1
 
 
 async def _mqtt_loop(
@@ -76,20 +114,33 @@ async def _mqtt_loop(
     tenant_id: str,
     device_id: str,
     rate: float,
+    burst: int,
     apply_delay: float,
     counters: Counters,
     version: int,
     desired: dict[str, object],
 ) -> None:
+    sample = 0
+
     async def report(state: dict[str, object]) -> None:
         body = {"reported": state, "version": version}
         await client.publish(reported_topic(tenant_id, device_id), orjson.dumps(body), qos=1)
         counters.reports_sent += 1
 
+    async def reading() -> None:
+        nonlocal sample
+        sample += 1  # lets a benchmark check that each device's readings applied in order
+        temperature = round(random.uniform(18, 26), 2)  # noqa: S311
+        await report({"temperature_c": temperature, "sample": sample})
+
     async def readings() -> None:
+        if burst > 0:
+            await counters.all_connected.wait()
+            for _ in range(burst):
+                await reading()
         while rate > 0:
             await asyncio.sleep(random.expovariate(rate))
-            await report({"temperature_c": round(random.uniform(18, 26), 2)})  # noqa: S311
+            await reading()
 
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(readings(), name=f"{device_id}-readings")
@@ -152,13 +203,18 @@ async def simulate(
     prefix: str,
     apply_delay: float = 0.0,
     progress_every: float = 2.0,
+    burst: int = 0,
 ) -> Counters:
+    """Run ``count`` devices for ``duration`` seconds (0: until stopped, or with ``burst``
+    over MQTT until every device has sent its burst); prints progress and a summary."""
     ids = [f"{prefix}-{n:05d}" for n in range(1, count + 1)]
     started = time.monotonic()
     tokens = await provision_fleet(database_url, mqtt_url, tenant_id=tenant_id, device_ids=ids)
     print(f"provisioned {len(tokens)} devices in {time.monotonic() - started:.1f}s", flush=True)
     target = parse_mqtt_url(mqtt_url)
     counters = Counters()
+    bursting = burst > 0 and http_url is None
+    burst_total = count * burst
     async with asyncio.TaskGroup() as tasks:
         devices = [
             tasks.create_task(
@@ -171,24 +227,32 @@ async def simulate(
                     device_id,
                     token,
                     rate,
+                    burst,
                     apply_delay,
                     counters,
+                    count,
                 ),
                 name=device_id,
             )
             for device_id, token in tokens.items()
         ]
         deadline = started + duration if duration > 0 else None
-        last_line = ""
+        last_line, last_print = "", time.monotonic()
         while deadline is None or time.monotonic() < deadline:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            await asyncio.sleep(
-                min(progress_every, remaining) if remaining is not None else progress_every
-            )
-            line = counters.line(count)
+            if bursting and counters.reports_sent >= burst_total and duration <= 0:
+                break
+            await asyncio.sleep(0.05 if bursting else min(progress_every, 0.5))
+            if time.monotonic() - last_print < progress_every:
+                continue
+            line, last_print = counters.line(count), time.monotonic()
             if line != last_line:
                 print(line, flush=True)
                 last_line = line
+        if bursting and counters.reports_sent >= burst_total:
+            print(
+                f"burst: {burst_total} reports sent, QoS 1 acknowledged by the broker",
+                flush=True,
+            )
         for device in devices:
             device.cancel()
     print("summary: " + counters.line(count), flush=True)

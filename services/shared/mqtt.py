@@ -12,10 +12,15 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 from shared.dynsec import RESPONSE_TOPIC, DynSecClient
 
 log = logging.getLogger(__name__)
+# aiomqtt warns for every publish beyond ten awaiting their PUBACK; a batch's replies are
+# hundreds at once by design.
+_client_log = logging.getLogger(__name__ + ".client")
+_client_log.setLevel(logging.ERROR)
 
 BatchHandler = Callable[[list[aiomqtt.Message]], Awaitable[None]]
 ConnectHook = Callable[[], Coroutine[Any, Any, None]]
@@ -96,6 +101,14 @@ class BrokerLink:
             raise aiomqtt.MqttError("not connected to the broker")
         return self._client
 
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Hand a message to the client without waiting for its PUBACK (the client completes
+        QoS 1 by itself): for a batch's replies, hundreds at a time, where awaiting each
+        costs a task and a timer."""
+        info = self.client._client.publish(topic, payload, qos)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+
     async def run(self) -> None:
         next_delay = backoff_delays()
         while True:
@@ -129,7 +142,12 @@ class BrokerLink:
             protocol=aiomqtt.ProtocolVersion.V311,
             keepalive=15,
             timeout=5,
-            max_queued_incoming_messages=10_000,
+            # Unbounded: a message aiomqtt drops here is never acknowledged, so it would sit
+            # unapplied until the next reconnect. Mosquitto 2.0.11 does not hold a client that
+            # also publishes QoS 1 to its in-flight window, so its backlog arrives at once;
+            # the broker's own queue limit bounds it.
+            max_queued_incoming_messages=0,
+            logger=_client_log,
             # Without it Nagle holds each reply behind the previous PUBACK's delayed ACK (~40 ms).
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
@@ -155,8 +173,11 @@ class BrokerLink:
         messages = client.messages
         async for first in messages:
             batch = [first]
-            while len(batch) < self._max_batch and len(messages):
-                batch.append(await anext(messages))  # already queued: returns at once
+            # Take what has already arrived straight off aiomqtt's queue (its iterator costs
+            # a task per message); nothing waits for more.
+            queue = client._queue
+            while len(batch) < self._max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
             handed: list[aiomqtt.Message] = []
             for message in batch:
                 if message.topic.value == RESPONSE_TOPIC:

@@ -1,0 +1,224 @@
+"""What every benchmark shares: a scratch database and broker, service processes, the
+simulator, percentiles, the machine's description and a py-spy profile of a process.
+
+Benchmarks never touch the developer's ``.iotcloud`` data: the database is a fresh one on
+the test server (``TEST_DATABASE_URL`` or the embedded test PostgreSQL), cloned from a
+template built by the real migrations, and the broker a private Mosquitto on a free port;
+both are removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "services")]
+
+from tests.support import (  # noqa: E402
+    SERVICE_JWT_SECRET,
+    Broker,
+    ServiceProcess,
+    build_template,
+    drop_template,
+    free_port,
+    fresh_database,
+    operator_headers,
+    server_url,
+)
+
+from shared import db  # noqa: E402
+
+__all__ = [
+    "ROOT",
+    "SERVICE_JWT_SECRET",
+    "Scratch",
+    "machine",
+    "operator_headers",
+    "percentile",
+    "profile",
+    "ratio",
+    "scratch",
+]
+
+
+@dataclass
+class Scratch:
+    database_url: str
+    broker: Broker
+    home: Path
+
+    def service(self, name: str, *, replica: str = "bench", **env: str) -> ServiceProcess:
+        process = ServiceProcess.make(
+            name,
+            home=self.home,
+            database_url=self.database_url,
+            mqtt_url=self.broker.url,
+            replica=replica,
+        )
+        process.env.update({"IOTCLOUD_POOL_MAX": "10", "IOTCLOUD_LOG_LEVEL": "warning", **env})
+        return process
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "MQTT_URL": self.broker.url,
+            "PYTHONPATH": str(ROOT / "services"),
+        }
+
+    async def tenant(self, tenant_id: str) -> None:
+        conn = await db.connect(self.database_url, application_name="bench")
+        try:
+            await conn.execute(
+                "INSERT INTO tenants (tenant_id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING",
+                tenant_id,
+            )
+        finally:
+            await conn.close()
+
+    async def simulate(self, *args: str) -> str:
+        """Run ``iotcloud simulate`` to its end; returns its output."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "iotcloud.cli",
+            "simulate",
+            *args,
+            env=self.env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await process.communicate()
+        text = output.decode()
+        if process.returncode != 0:
+            raise RuntimeError(f"iotcloud simulate failed:\n{text}")
+        return text
+
+
+@contextlib.asynccontextmanager
+async def scratch(*, with_broker: bool = True) -> AsyncIterator[Scratch]:
+    server = server_url()
+    await build_template(server)
+    home = Path(tempfile.mkdtemp(prefix="iotcloud-bench-"))
+    broker = Broker(home / "broker", free_port())
+    failed = False
+    try:
+        if with_broker:
+            broker.start()
+        async with fresh_database(server) as url:
+            yield Scratch(url, broker, home)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        broker.kill()
+        await drop_template(server)
+        if failed:
+            print(f"(logs kept in {home})", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def ratio(value: float, ceiling: float) -> str:
+    return f"{value / ceiling:.2f}x" if ceiling else "n/a"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = "?"
+    with contextlib.suppress(OSError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{kib / 1024 / 1024:.1f} GiB"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {memory} RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}; load average {load}"
+    )
+
+
+def profile(pid: int, seconds: float, *, top: int = 8) -> list[str]:
+    """Where ``pid`` spent its samples (py-spy, if installed): the ``top`` frames by self
+    time, then the project's own functions by inclusive time, each as "share  function
+    (file:line)"; empty when py-spy is not available."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return []
+    with tempfile.NamedTemporaryFile(suffix=".txt") as out:
+        result = subprocess.run(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, round(seconds))),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                out.name,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            return [f"(py-spy failed: {result.stderr.strip()[:200]})"]
+        own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        total = 0
+        for line in Path(out.name).read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = stack.split(";")
+            own[_short(frames[-1])] += int(count)
+            for frame in {_function(f) for f in frames if "/services/" in f}:
+                inclusive[frame] += int(count)
+            total += int(count)
+    if not total:
+        return ["(no samples)"]
+    lines = [f"{100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(top)]
+    lines.append("inclusive, this project's functions:")
+    lines += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+    return lines
+
+
+def _function(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.split('services/', 1)[-1].split(':')[0]})"
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/file.py:12)`` with the path cut to the package."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "services/", "lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})"

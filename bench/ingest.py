@@ -1,0 +1,232 @@
+"""Ingest: QoS 1 reports committed per second, device -> broker -> ingest_iot -> PostgreSQL.
+
+``iotcloud simulate --burst K`` connects D devices (each its own MQTT connection and
+credentials) and has each send K readings back to back. The same stream, from the same
+broker, goes to three consumers in turn:
+
+1. a bare paho QoS 1 subscriber that only counts (the broker's and the client's ceiling);
+2. ``ingest_iot`` (a real ``iotcloud serve ingest`` process): committed reports are counted
+   in the database — every one must be there, once, in each device's order;
+3. ``pgbench`` running the single-path UPDATE of one report on the same table (what one
+   report per transaction could reach at best).
+
+    .venv/bin/python bench/ingest.py [--devices 200] [--burst 100] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from harness import Scratch, machine, profile, ratio, scratch
+
+from shared import db
+from shared.mqtt import parse_mqtt_url
+from shared.topics import REPORTED_SUBSCRIPTION
+
+TENANT = "bench"
+
+
+class BareSubscriber:
+    """paho, QoS 1, acknowledging each message as it arrives; counts and times them."""
+
+    def __init__(self, mqtt_url: str) -> None:
+        target = parse_mqtt_url(mqtt_url)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-bare")
+        self.client.username_pw_set(target.username, target.password)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda client, *_: client.subscribe(REPORTED_SUBSCRIPTION, 1)
+        self.target = target
+        self.count = 0
+        self.first = self.last = 0.0
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+
+    def _on_message(self, _client: object, _userdata: object, _message: object) -> None:
+        now = time.time()
+        if not self.count:
+            self.first = now
+        self.count += 1
+        self.last = now
+
+    def __enter__(self) -> BareSubscriber:
+        self.client.connect(self.target.host, self.target.port, keepalive=30)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise RuntimeError("bare subscriber did not subscribe")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def bare_run(lab: Scratch, devices: int, burst: int) -> float:
+    expected = devices * burst
+    with BareSubscriber(lab.broker.url) as bare:
+        await lab.simulate(*simulate_args(devices, burst))
+        deadline = time.monotonic() + 60
+        while bare.count < expected and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    if bare.count != expected:
+        raise RuntimeError(f"bare subscriber got {bare.count} of {expected} messages")
+    return expected / (bare.last - bare.first)
+
+
+def simulate_args(devices: int, burst: int) -> list[str]:
+    return [
+        "--tenant",
+        TENANT,
+        "--devices",
+        str(devices),
+        "--burst",
+        str(burst),
+        "--prefix",
+        "bench",
+        "--progress-every",
+        "3600",
+    ]
+
+
+async def ingest_run(
+    lab: Scratch, devices: int, burst: int, *, with_profile: bool
+) -> tuple[float, list[str]]:
+    expected = devices * burst
+    ingest = lab.service("ingest")
+    ingest.start()
+    frames: list[str] = []
+    try:
+        await ingest.wait_ready()
+        conn = await db.connect(lab.database_url, application_name="bench")
+        try:
+            simulator = asyncio.create_task(lab.simulate(*simulate_args(devices, burst)))
+            if with_profile:
+                await asyncio.sleep(2.0)  # past provisioning and connects
+                assert ingest.process is not None
+                frames = await asyncio.to_thread(profile, ingest.process.pid, 4)
+            await simulator
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                row = await conn.fetchrow(
+                    """SELECT count(*) AS n, extract(epoch FROM max(at) - min(at)) AS span
+                       FROM twin_history WHERE tenant_id = $1 AND kind = 'reported'""",
+                    TENANT,
+                )
+                assert row is not None
+                if row["n"] >= expected:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # anything applied twice would show up now
+            await check_complete(conn, devices, burst)
+            # From the first transaction's clock to the last one's, as the bare subscriber
+            # counts from its first message to its last.
+            span = float(row["span"])
+        finally:
+            await conn.close()
+    finally:
+        ingest.stop()
+    return expected / span, frames
+
+
+async def check_complete(conn: db.Connection, devices: int, burst: int) -> None:
+    """Every report applied exactly once, each device's in the order it sent them."""
+    rows = await conn.fetch(
+        """SELECT device_id, array_agg((patch->>'sample')::int ORDER BY id) AS samples
+           FROM twin_history WHERE tenant_id = $1 AND kind = 'reported'
+           GROUP BY device_id""",
+        TENANT,
+    )
+    wanted = list(range(1, burst + 1))
+    wrong = [row["device_id"] for row in rows if list(row["samples"]) != wanted]
+    if len(rows) != devices or wrong:
+        raise RuntimeError(
+            f"lost, repeated or reordered reports: {len(rows)} of {devices} devices seen, "
+            f"{len(wrong)} with a wrong sequence (e.g. {wrong[:3]}: "
+            f"{[list(r['samples']) for r in rows if r['device_id'] in wrong[:1]]})"
+        )
+
+
+PGBENCH_SCRIPT = """\\set n random(1, {devices})
+UPDATE device_state
+   SET reported_state = '{{"sample": 1, "temperature_c": 21.5}}',
+       reported_metadata = '{{"sample": {{"updated_at": "2025-01-01T00:00:00+00:00", "version": 0}}, "temperature_c": {{"updated_at": "2025-01-01T00:00:00+00:00", "version": 0}}}}',
+       reported_version = 0, shadow_updated_at = now(), last_seen = now()
+ WHERE device_id = 'bench-' || lpad(:n::text, 5, '0');
+"""  # noqa: E501
+
+
+def pgbench(database_url: str, devices: int, *, clients: int, seconds: int) -> float:
+    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    if not Path(binary).exists():
+        raise SystemExit("pgbench not found: apt-get install postgresql-client (or -contrib)")
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(PGBENCH_SCRIPT.format(devices=devices))
+        script.flush()
+        result = subprocess.run(
+            [
+                binary,
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                str(clients),
+                "-j",
+                str(min(clients, 2)),
+                "-T",
+                str(seconds),
+                "-f",
+                script.name,
+                database_url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    match = re.search(r"tps = ([\d.]+)", result.stdout)
+    if match is None:
+        raise RuntimeError(f"pgbench output not understood:\n{result.stdout}{result.stderr}")
+    return float(match.group(1))
+
+
+async def main(devices: int, burst: int, pg_clients: int, with_profile: bool) -> dict[str, float]:
+    print(f"ingest benchmark on {machine()}")
+    async with scratch() as lab:
+        await lab.tenant(TENANT)
+        bare_rate = await bare_run(lab, devices, burst)
+        ingest_rate, frames = await ingest_run(lab, devices, burst, with_profile=with_profile)
+        pg_rate = await asyncio.to_thread(
+            pgbench, lab.database_url, devices, clients=pg_clients, seconds=10
+        )
+    total = devices * burst
+    print(
+        f"ingest: {total:,} QoS 1 reports from {devices} devices, every one committed once "
+        "and in order\n"
+        f"  ingest_iot (device -> broker -> PostgreSQL)  {ingest_rate:9,.0f} reports/s\n"
+        f"  bare paho QoS 1 subscriber, same stream      {bare_rate:9,.0f} msgs/s   "
+        f"ratio {ratio(ingest_rate, bare_rate)} (goal >= 0.8x)\n"
+        f"  pgbench single-row UPDATE, {pg_clients} clients       {pg_rate:9,.0f} tps      "
+        f"ratio {ratio(ingest_rate, pg_rate)} (goal >= 2x)"
+    )
+    if frames:
+        print("  ingest_iot profile (py-spy, self time):")
+        for frame in frames:
+            print(f"    {frame}")
+    return {"ingest": ingest_rate, "bare": bare_rate, "pgbench": pg_rate}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--pgbench-clients", type=int, default=4)
+    parser.add_argument("--profile", action="store_true", help="py-spy the ingest process")
+    args = parser.parse_args()
+    asyncio.run(main(args.devices, args.burst, args.pgbench_clients, args.profile))
