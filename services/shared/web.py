@@ -142,19 +142,39 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def install_metrics(app: FastAPI, *, service: str) -> None:
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+class MetricsMiddleware:
+    """Request latency by route, method and status, as plain ASGI (Starlette's
+    ``BaseHTTPMiddleware`` costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp, *, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        REQUEST_LATENCY.labels(service, path, request.method, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+        status = 500
+
+        async def send_measured(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_measured)
+        finally:
+            # The router records the matched route in this same scope.
+            path = getattr(scope.get("route"), "path", "unmatched")
+            REQUEST_LATENCY.labels(self.service, path, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def install_metrics(app: FastAPI, *, service: str) -> None:
+    app.add_middleware(MetricsMiddleware, service=service)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
