@@ -16,6 +16,7 @@ import orjson
 
 from ingest_iot.metrics import DESIRED_LAG, DESIRED_PUBLISHED
 from shared import db
+from shared.aio import wait_event
 from shared.mqtt import BrokerLink, backoff_delays
 from shared.repositories import delivery
 from shared.topics import desired_topic
@@ -70,9 +71,7 @@ class DesiredPublisher:
             self._wake.set()
             log.info("this replica publishes desired state")
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), _SAFETY_INTERVAL_S)
-                except TimeoutError:
+                if not await wait_event(self._wake, _SAFETY_INTERVAL_S):
                     await conn.fetchval("SELECT 1")  # notice a dead LISTEN connection
                 self._wake.clear()
                 if not self._link.connected.is_set():

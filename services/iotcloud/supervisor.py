@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from iotcloud import cli, embedded
 from shared import db
+from shared.aio import within
 from shared.dynsec import BrokerCredential, DeviceAccount
 from shared.repositories import devices as devices_repo
 from shared.repositories import tenants, users
@@ -67,7 +68,7 @@ async def _stop(children: list[Child]) -> None:
     for child in children:
         if child.process and child.process.returncode is None:
             try:
-                await asyncio.wait_for(child.process.wait(), 10)
+                await within(child.process.wait(), 10)
             except TimeoutError:
                 child.process.kill()
 

@@ -20,6 +20,7 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from shared.aio import within
 from shared.topics import device_prefix
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class DynSecClient:
             tagged.append({**command, "correlationData": correlation})
         try:
             await self._client.publish(CONTROL_TOPIC, orjson.dumps({"commands": tagged}), qos=1)
-            results = await asyncio.wait_for(asyncio.gather(*futures), self._timeout)
+            results = await within(asyncio.gather(*futures), self._timeout)
         finally:
             for command in tagged:
                 self._waiting.pop(command["correlationData"], None)

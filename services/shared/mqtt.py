@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 import paho.mqtt.client as paho
 
+from shared.aio import wait_event
 from shared.dynsec import RESPONSE_TOPIC, DynSecClient
 
 log = logging.getLogger(__name__)
@@ -193,11 +194,7 @@ class BrokerLink:
                         client._client.ack(message.mid, message.qos)
 
     async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self.connected, timeout)
 
 
 class RetryLater(Exception):

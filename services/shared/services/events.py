@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 
 from shared import db, twin
+from shared.aio import wait_event
 from shared.errors import Unprocessable
 from shared.mqtt import backoff_delays
 from shared.repositories import events as events_repo
@@ -61,11 +62,9 @@ class EventHub:
 
     async def wait_beyond(self, generation: int, timeout: float) -> bool:
         """Wait until the generation moves past ``generation``; False on timeout or close."""
-        if self._generation == generation and not self.closed.is_set():
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                return False
+        waiting = self._generation == generation and not self.closed.is_set()
+        if waiting and not await wait_event(self._changed, timeout):
+            return False
         return not self.closed.is_set()
 
     def _bump(self) -> None:
@@ -100,9 +99,7 @@ class EventHub:
             loop = asyncio.get_running_loop()
             next_cleanup = loop.time()
             while True:
-                try:
-                    await asyncio.wait_for(self._new_events.wait(), _SAFETY_INTERVAL_S)
-                except TimeoutError:
+                if not await wait_event(self._new_events, _SAFETY_INTERVAL_S):
                     await conn.fetchval("SELECT 1")  # notice a dead LISTEN connection
                 self._new_events.clear()
                 if await self._sequence_all():

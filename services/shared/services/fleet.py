@@ -14,7 +14,6 @@ back the writes and the outcomes together; the next runner finds those devices s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from shared import db, twin
+from shared.aio import wait_event
 from shared.db import Connection
 from shared.errors import DomainError, NotFound, TooLarge, Unprocessable
 from shared.mqtt import backoff_delays
@@ -316,8 +316,7 @@ class JobRunner:
     async def _work(self) -> None:
         next_delay = backoff_delays()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _POLL_INTERVAL_S)
+            await wait_event(self._wake, _POLL_INTERVAL_S)
             self._wake.clear()
             try:
                 while await run_step(
