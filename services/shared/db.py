@@ -51,6 +51,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset (``UNLISTEN *; RESET ALL; ...``), a round trip
+    per checkout: pooled connections never hold session state (LISTEN and session locks use
+    their own connections). asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(
     database_url: str, *, application_name: str, max_size: int = 10
 ) -> asyncpg.Pool:
@@ -60,6 +66,7 @@ async def create_pool(
         min_size=0,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings={"application_name": application_name},
         timeout=5,
         command_timeout=30,

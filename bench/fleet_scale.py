@@ -1,0 +1,178 @@
+"""Fleet scale: operator reads on a 100,000- and then a 1,000,000-device tenant.
+
+Devices are loaded with INSERT ... SELECT generate_series (twin event triggers off for the
+load only), a third of them pending, then through a real ``ui_iot``: ``GET .../twin`` p50/p99
+over random devices, one page of pending devices (``GET /customer/devices?sync_status=
+pending``), the sync counts (``GET /customer/fleet/summary``); each API figure next to the
+same query run straight on the database (its floor), and the resident memory of both
+services at each size.
+
+    .venv/bin/python bench/fleet_scale.py [--sizes 100000,1000000] [--requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import httpx
+from harness import machine, operator_headers, percentile, scratch
+
+from shared import db
+
+TENANT = "bench"
+
+LOAD = """
+INSERT INTO devices (device_id, tenant_id, name, tags, token_hash, broker_salt, broker_hash)
+SELECT 'f-' || lpad(i::text, 7, '0'), 'bench', 'unit ' || i,
+       jsonb_build_object('site', 'site-' || (i % 100)),
+       sha256(convert_to('f-' || i::text, 'UTF8')), 'salt', 'hash'
+FROM generate_series($1::int, $2::int) AS i;
+"""
+LOAD_STATE = """
+INSERT INTO device_state (device_id, tenant_id, desired_state, desired_version,
+                          reported_state, reported_version, last_seen, shadow_updated_at)
+SELECT 'f-' || lpad(i::text, 7, '0'), 'bench', '{"interval_s": 60}',
+       CASE WHEN i % 3 = 0 THEN 2 ELSE 1 END, '{"interval_s": 30}', 1, now(), now()
+FROM generate_series($1::int, $2::int) AS i;
+"""
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def load(url: str, first: int, last: int) -> float:
+    started = time.perf_counter()
+    conn = await db.connect(url, application_name="bench")
+    try:
+        await conn.execute("SET session_replication_role = replica")  # no per-row events
+        for start in range(first, last + 1, 250_000):
+            end = min(last, start + 249_999)
+            await conn.execute(LOAD, start, end)
+            await conn.execute(LOAD_STATE, start, end)
+        await conn.execute("VACUUM ANALYZE devices")
+        await conn.execute("VACUUM ANALYZE device_state")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+async def timed(calls: int, call: object) -> list[float]:
+    values = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await call()  # type: ignore[operator]
+        values.append(time.perf_counter() - started)
+    return values
+
+
+def ms(values: list[float], fraction: float) -> str:
+    return f"{percentile(values, fraction) * 1000:7.2f} ms"
+
+
+async def measure(
+    api: httpx.AsyncClient, conn: db.Connection, size: int, requests: int
+) -> dict[str, list[float]]:
+    rng = random.Random(size)
+
+    async def twin() -> None:
+        device = f"f-{rng.randint(1, size):07d}"
+        (await api.get(f"/customer/devices/{device}/twin")).raise_for_status()
+
+    async def twin_sql() -> None:
+        device = f"f-{rng.randint(1, size):07d}"
+        await conn.fetchrow(
+            """SELECT s.*, d.model_id FROM device_state s JOIN devices d USING (device_id)
+               WHERE s.device_id = $1 AND s.tenant_id = 'bench'""",
+            device,
+        )
+
+    async def pending() -> None:
+        answer = await api.get("/customer/devices", params={"sync_status": "pending", "limit": 50})
+        answer.raise_for_status()
+        assert len(answer.json()["items"]) == 50
+
+    async def pending_sql() -> None:
+        await conn.fetch(
+            """SELECT d.device_id FROM devices d JOIN device_state s USING (device_id)
+               WHERE d.tenant_id = 'bench' AND s.tenant_id = 'bench' AND d.revoked_at IS NULL
+                 AND s.last_seen >= now() - interval '1 hour'
+                 AND s.desired_version > s.reported_version
+               ORDER BY d.device_id LIMIT 50"""
+        )
+
+    async def summary() -> None:
+        answer = await api.get("/customer/fleet/summary")
+        answer.raise_for_status()
+        assert answer.json()["total"] == size
+
+    async def summary_sql() -> None:
+        # The floor: only counting the tenant's twin rows, no status at all.
+        await conn.fetchval("SELECT count(*) FROM device_state WHERE tenant_id = 'bench'")
+
+    counts = max(5, requests // 100)
+    return {
+        "twin": await timed(requests, twin),
+        "twin_sql": await timed(requests, twin_sql),
+        "pending": await timed(requests // 10, pending),
+        "pending_sql": await timed(requests // 10, pending_sql),
+        "summary": await timed(counts, summary),
+        "summary_sql": await timed(counts, summary_sql),
+    }
+
+
+async def main(sizes: list[int], requests: int) -> None:
+    print(f"fleet scale benchmark on {machine()}")
+    lines = []
+    async with scratch(with_broker=True) as lab:
+        await lab.tenant(TENANT)
+        ui, ingest = lab.service("ui"), lab.service("ingest")
+        ui.start()
+        ingest.start()
+        try:
+            await ui.wait_ready()
+            await ingest.wait_ready()
+            assert ui.process is not None and ingest.process is not None
+            conn = await db.connect(lab.database_url, application_name="bench")
+            loaded = 0
+            async with httpx.AsyncClient(
+                base_url=ui.url, headers=operator_headers(TENANT), timeout=30
+            ) as api:
+                for size in sizes:
+                    seconds = await load(lab.database_url, loaded + 1, size)
+                    loaded = size
+                    figures = await measure(api, conn, size, requests)
+                    memory = f"ui_iot {rss_mib(ui.process.pid):.0f} MiB, ingest_iot "
+                    memory += f"{rss_mib(ingest.process.pid):.0f} MiB"
+                    lines.append(
+                        f"  {size:>9,} devices (loaded in {seconds:.0f} s); RSS {memory}\n"
+                        f"    GET twin           p50 {ms(figures['twin'], 0.5)}  "
+                        f"p99 {ms(figures['twin'], 0.99)}   (goal p99 <= 5 ms)  "
+                        f"SQL alone p99 {ms(figures['twin_sql'], 0.99)}\n"
+                        f"    pending page (50)  p50 {ms(figures['pending'], 0.5)}  "
+                        f"p99 {ms(figures['pending'], 0.99)}   (goal <= 20 ms)   "
+                        f"SQL alone p99 {ms(figures['pending_sql'], 0.99)}\n"
+                        f"    summary counts     p50 {ms(figures['summary'], 0.5)}  "
+                        f"p99 {ms(figures['summary'], 0.99)}   (goal <= 200 ms)  "
+                        f"count(*) alone p99 {ms(figures['summary_sql'], 0.99)}"
+                    )
+                    print(lines[-1], flush=True)
+            await conn.close()
+        finally:
+            ui.stop()
+            ingest.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--requests", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(main([int(size) for size in args.sizes.split(",")], args.requests))

@@ -1,0 +1,45 @@
+"""``make bench``: every benchmark in turn, each printing its figures next to its ceiling.
+
+    .venv/bin/python bench/run_all.py
+
+Runs in well under ten minutes on a 2-core machine; each script makes (and removes) its own
+database and broker. The figures and what limits them: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+SUITE = [
+    ["ingest.py"],
+    ["fanout.py"],
+    ["http_api.py"],
+    ["fleet_scale.py"],
+    ["fleet_job.py", "--devices", "100000"],
+]
+
+
+def main() -> int:
+    started = time.monotonic()
+    failed = []
+    for script, *args in SUITE:
+        print(f"\n=== {script} {' '.join(args)}".rstrip(), flush=True)
+        begun = time.monotonic()
+        result = subprocess.run([sys.executable, str(BENCH / script), *args], check=False)
+        print(f"--- {script}: {time.monotonic() - begun:.0f} s", flush=True)
+        if result.returncode != 0:
+            failed.append(script)
+    print(f"\nbenchmarks done in {time.monotonic() - started:.0f} s", flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
