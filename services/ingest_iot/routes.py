@@ -10,9 +10,8 @@ from fastapi.responses import Response
 
 from ingest_iot.metrics import REPORTS
 from shared.db import transaction
-from shared.errors import NotFound, Unauthorized
+from shared.errors import DomainError, Unauthorized, Unprocessable
 from shared.repositories import devices as devices_repo
-from shared.repositories import twin_state
 from shared.security import TOKEN_PREFIX, hash_provision_token
 from shared.services import twins
 from shared.services.history import Actor
@@ -51,50 +50,53 @@ def _settings(request: Request) -> Settings:
     return value
 
 
-async def _device(
-    request: Request, x_provision_token: Annotated[str | None, Header()] = None
-) -> tuple[str, str]:
-    """(device_id, tenant_id) for a live token; marks the device seen. 401 reveals nothing."""
+async def _token_hash(x_provision_token: Annotated[str | None, Header()] = None) -> bytes:
+    """The hash to look the token up by; 401 at once for what cannot be a token."""
     if not x_provision_token or not x_provision_token.startswith(TOKEN_PREFIX):
-        raise Unauthorized("invalid provision token")
-    async with transaction(_pool(request)) as conn:
-        row = await devices_repo.resolve_token(conn, hash_provision_token(x_provision_token))
-    if row is None:
-        raise Unauthorized("invalid provision token")
-    return row["device_id"], row["tenant_id"]
+        raise Unauthorized(_INVALID_TOKEN)
+    return hash_provision_token(x_provision_token)
 
 
-Device = Annotated[tuple[str, str], Depends(_device)]
+TokenHash = Annotated[bytes, Depends(_token_hash)]
+_INVALID_TOKEN = "invalid provision token"  # noqa: S105 - an error message
 
 
 @router.get("/shadow")
-async def get_shadow(request: Request, device: Device) -> dict[str, Any]:
-    device_id, tenant_id = device
+async def get_shadow(request: Request, token_hash: TokenHash) -> dict[str, Any]:
+    # One statement: authenticate, mark seen, read desired.
     async with _pool(request).acquire() as conn:
-        row = await twin_state.get(conn, tenant_id=tenant_id, device_id=device_id)
+        row = await devices_repo.resolve_token(conn, token_hash)
     if row is None:
-        raise NotFound("device not found")
+        raise Unauthorized(_INVALID_TOKEN)
     return {"desired": row["desired_state"], "version": row["desired_version"]}
 
 
 @router.post("/shadow/reported", openapi_extra=_REPORT_BODY)
-async def post_reported(request: Request, device: Device) -> Response:
-    device_id, tenant_id = device
+async def post_reported(request: Request, token_hash: TokenHash) -> Response:
+    """Authenticate, mark seen and apply the report in one transaction (one commit)."""
     settings = _settings(request)
+    report: twins.Report | None = None
+    refusal: DomainError | None = None
     try:
         report = twins.parse_report(await json_body(request), settings.limits)
-    except Exception:
-        REPORTS.labels("http", "malformed").inc()
-        raise
+    except DomainError as exc:
+        refusal = exc  # answered after the token: an unknown device learns nothing more
     async with transaction(_pool(request)) as conn:
-        outcome = await twins.apply_report(
-            conn,
-            tenant_id=tenant_id,
-            device_id=device_id,
-            report=report,
-            limits=settings.limits,
-            actor=Actor.device(),
-        )
+        device = await devices_repo.resolve_token(conn, token_hash)
+        if device is None:
+            raise Unauthorized(_INVALID_TOKEN)
+        if report is not None:
+            outcome = await twins.apply_report(
+                conn,
+                tenant_id=device["tenant_id"],
+                device_id=device["device_id"],
+                report=report,
+                limits=settings.limits,
+                actor=Actor.device(),
+            )
+    if refusal is not None or report is None:
+        REPORTS.labels("http", "malformed").inc()
+        raise refusal or Unprocessable("report could not be read")
     REPORTS.labels("http", "accepted" if outcome.accepted else "version").inc()
     if outcome.schema_violations:
         REPORTED_SCHEMA_VIOLATIONS.labels("http").inc()

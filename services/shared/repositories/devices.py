@@ -179,12 +179,15 @@ async def set_token(
 
 
 async def resolve_token(conn: Connection, token_hash: bytes) -> asyncpg.Record | None:
-    """The live device holding this token, marking it seen in the same statement."""
+    """The live device holding this token, marking it seen in the same statement.
+
+    Also returns its desired state, so a device's pull is this one statement.
+    """
     return await conn.fetchrow(
         """UPDATE device_state s SET last_seen = now()
            FROM devices d
            WHERE d.token_hash = $1 AND d.revoked_at IS NULL AND s.device_id = d.device_id
-           RETURNING d.device_id, d.tenant_id""",
+           RETURNING d.device_id, d.tenant_id, s.desired_state, s.desired_version""",
         token_hash,
     )
 
