@@ -77,6 +77,8 @@ def wrk(url: str, script: str, *, connections: int, seconds: int) -> float:
                 "-t1",
                 f"-c{connections}",
                 f"-d{seconds}s",
+                "--timeout",
+                "10s",  # a slow answer is a figure, not a failure; errors still fail
                 "-s",
                 lua.name,
                 url,
