@@ -17,27 +17,20 @@ from shared.services import twins
 from shared.services.history import Actor
 from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
 from shared.settings import Settings
-from shared.web import ORJSONResponse, json_body
+from shared.web import ORJSONResponse, json_body, json_body_schema
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
-_REPORT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["reported", "version"],
-                    "properties": {
-                        "reported": {"type": "object"},
-                        "version": {"type": "integer", "minimum": 0},
-                    },
-                }
-            }
+_REPORT_BODY = json_body_schema(
+    {
+        "type": "object",
+        "required": ["reported", "version"],
+        "properties": {
+            "reported": {"type": "object"},
+            "version": {"type": "integer", "minimum": 0},
         },
     }
-}
+)
 
 
 def _pool(request: Request) -> asyncpg.Pool:

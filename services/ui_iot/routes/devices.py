@@ -13,7 +13,7 @@ from shared.repositories import devices as devices_repo
 from shared.security import Principal
 from shared.services import broker_accounts, device_profiles, devices, history, twins
 from shared.services.history import Actor
-from shared.web import json_body
+from shared.web import json_body, json_body_schema
 from ui_iot.deps import Admin, AppSettings, Conn, Link, Operator, Pool, Viewer, principal
 
 
@@ -60,22 +60,13 @@ class DevicePatch(BaseModel):
     model_id: str | None = Field(default=None, pattern=_DEVICE_ID)
 
 
-_PATCH_DESIRED_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["desired"],
-                    "properties": {
-                        "desired": {"type": "object", "description": "JSON merge patch"}
-                    },
-                }
-            }
-        },
+_PATCH_DESIRED_BODY = json_body_schema(
+    {
+        "type": "object",
+        "required": ["desired"],
+        "properties": {"desired": {"type": "object", "description": "JSON merge patch"}},
     }
-}
+)
 
 
 def _etag(version: int) -> str:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from shared.services import fleet
-from shared.web import json_body
+from shared.web import json_body, json_body_schema
 from ui_iot.deps import AppSettings, Conn, Operator, Viewer
 
 router = APIRouter(prefix="/customer/fleet", tags=["fleet"])
@@ -25,33 +25,26 @@ class JobQueued(BaseModel):
     job_id: str
 
 
-_JOB_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["filter", "desired"],
-                    "properties": {
-                        "filter": {
-                            "type": "object",
-                            "description": "every key set must hold; {} matches every device",
-                            "properties": {
-                                "device_ids": {"type": "array", "items": {"type": "string"}},
-                                "tag": {"type": "string", "description": "key:value"},
-                                "sync_status": {"enum": ["synced", "pending", "stale"]},
-                                "model_id": {"type": "string"},
-                                "q": {"type": "string", "description": "text in id or name"},
-                            },
-                        },
-                        "desired": {"type": "object", "description": "JSON merge patch"},
-                    },
-                }
-            }
+_JOB_BODY = json_body_schema(
+    {
+        "type": "object",
+        "required": ["filter", "desired"],
+        "properties": {
+            "filter": {
+                "type": "object",
+                "description": "every key set must hold; {} matches every device",
+                "properties": {
+                    "device_ids": {"type": "array", "items": {"type": "string"}},
+                    "tag": {"type": "string", "description": "key:value"},
+                    "sync_status": {"enum": ["synced", "pending", "stale"]},
+                    "model_id": {"type": "string"},
+                    "q": {"type": "string", "description": "text in id or name"},
+                },
+            },
+            "desired": {"type": "object", "description": "JSON merge patch"},
         },
     }
-}
+)
 
 
 @router.get("/summary", response_model=FleetSummary)
