@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from shared import db
 from shared.repositories import tenants, users
@@ -25,6 +27,13 @@ from tests.support import (
     fresh_database,
     server_url,
 )
+
+# The machine is shared (2 cores, other suites and benchmarks running): how fast Hypothesis
+# draws examples and how long one takes are not what the property tests check.
+hypothesis_settings.register_profile(
+    "shared-machine", suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+hypothesis_settings.load_profile("shared-machine")
 
 
 @pytest.fixture(scope="session")
