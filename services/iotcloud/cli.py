@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 
 from iotcloud import embedded
 from iotcloud.provisioning import ProvisioningError
@@ -184,6 +185,7 @@ async def cmd_device_create(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from shared.runtime import tune_garbage_collector
     from shared.settings import Settings
 
     os.environ.setdefault("DATABASE_URL", database_url())
@@ -198,6 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         settings = Settings.from_env(application="ingest_iot")
         app, port = create_ingest(settings), args.port or settings.ingest_port
+    tune_garbage_collector()
     uvicorn.run(
         app,
         host=args.host,
@@ -417,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.handler(args)
         if isinstance(result, Coroutine):
-            asyncio.run(result)
+            # uvloop, as the services run: the simulator's thousands of connections need it.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(result)
     except (CliError, embedded.EmbeddedError, ValueError, ProvisioningError, SettingsError) as exc:
         print(f"iotcloud: {exc}", file=sys.stderr)
         return 2
