@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 
-import aiomqtt
 import asyncpg
 import orjson
+import paho.mqtt.client as paho
 
-from ingest_iot.metrics import REPORTS
+from ingest_iot.metrics import REPORT_BATCH, REPORTS
 from shared import db
 from shared.mqtt import BrokerLink, RetryLater
 from shared.services.history import Actor
@@ -37,17 +37,20 @@ class ReportBridge:
         self._settings = settings
         self.link: BrokerLink | None = None
 
-    async def handle_batch(self, messages: list[aiomqtt.Message]) -> None:
+    async def handle_batch(self, messages: list[paho.MQTTMessage]) -> None:
         incoming: list[IncomingReport] = []
         for message in messages:
-            addressed = parse_reported(message.topic.value)
+            try:
+                addressed = parse_reported(message.topic)
+            except UnicodeDecodeError:  # the broker checks topics are UTF-8; never trust it
+                addressed = None
             if addressed is None:
                 REPORTS.labels("mqtt", "foreign").inc()
                 continue
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            incoming.append(IncomingReport(addressed[0], addressed[1], payload))
+            incoming.append(IncomingReport(addressed[0], addressed[1], bytes(message.payload)))
         if not incoming:
             return
+        REPORT_BATCH.observe(len(incoming))
         try:
             results = await self._apply(incoming)
         except db.UNAVAILABLE_ERRORS as exc:

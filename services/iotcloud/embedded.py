@@ -256,7 +256,13 @@ class EmbeddedBroker:
                     "persistence true",
                     f"persistence_location {self.root / 'data'}/",
                     "autosave_interval 5",
-                    "max_queued_messages 100000",
+                    # What waits for a client that is away or behind (ingest_iot's
+                    # session, above all): past this Mosquitto drops QoS 1 messages.
+                    "max_queued_messages 1000000",
+                    # QoS 1 messages out to a client unacknowledged: ingest_iot acknowledges
+                    # after each commit, so this is how far its next batch can fill while
+                    # one commits (batches are up to 500 reports).
+                    "max_inflight_messages 1000",
                     "set_tcp_nodelay true",
                     "log_dest stdout",
                     "log_type error",

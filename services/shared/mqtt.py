@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import random
 import socket
@@ -13,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 
 from shared.aio import wait_event
 from shared.dynsec import RESPONSE_TOPIC, DynSecClient
@@ -23,8 +26,13 @@ log = logging.getLogger(__name__)
 _client_log = logging.getLogger(__name__ + ".client")
 _client_log.setLevel(logging.ERROR)
 
-BatchHandler = Callable[[list[aiomqtt.Message]], Awaitable[None]]
+BatchHandler = Callable[[list[paho.MQTTMessage]], Awaitable[None]]
 ConnectHook = Callable[[], Coroutine[Any, Any, None]]
+
+# Without it Nagle holds each reply behind the previous PUBACK's delayed ACK (~40 ms).
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+_READ_AHEAD = 64 * 1024
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +58,86 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     )
 
 
+class _ReadAheadSocket:
+    """paho's socket, read in large chunks.
+
+    paho reads every packet in three calls or more (its type byte, its length a byte at a
+    time, then its body), each a system call; here one ``recv`` serves every packet that has
+    arrived. ``pending()`` is the hook paho and aiomqtt have for the bytes a TLS socket
+    buffers: aiomqtt's reader keeps reading while it is non-zero, so nothing waits in the
+    buffer for the next readiness event.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._offset = 0
+        self.send = sock.send
+        self.fileno = sock.fileno
+
+    def recv(self, size: int) -> bytes:
+        if self._offset >= len(self._buffer):
+            self._buffer = self._sock.recv(max(size, _READ_AHEAD))  # BlockingIOError: none
+            self._offset = 0
+        start = self._offset
+        self._offset = min(start + size, len(self._buffer))
+        return self._buffer[start : self._offset]
+
+    def pending(self) -> int:
+        return len(self._buffer) - self._offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def streamline(client: aiomqtt.Client, socket_options: tuple[tuple[int, int, int], ...]) -> None:
+    """Fewer system calls per MQTT packet for one aiomqtt client: reads served from one
+    ``recv`` (:class:`_ReadAheadSocket`), and everything paho writes in one go (the PUBACKs
+    and replies of a whole batch, say) corked into as few TCP segments as fit, instead of a
+    segment, and a wake-up of the broker, per packet. Call before connecting.
+
+    aiomqtt applies ``socket_options`` only to a plain socket, so they are applied here.
+    """
+    paho_client = client._client
+    create_socket = paho_client._create_socket
+
+    def create_read_ahead_socket() -> Any:
+        sock = create_socket()
+        if not isinstance(sock, socket.socket):  # websockets or TLS: left as paho made them
+            return sock
+        for option in socket_options:
+            sock.setsockopt(*option)
+        return _ReadAheadSocket(sock)
+
+    write = paho_client.loop_write
+
+    def corked_write() -> MQTTErrorCode:
+        sock = paho_client._sock
+        if _TCP_CORK is None or not isinstance(sock, _ReadAheadSocket):
+            return write()
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+        try:
+            return write()
+        finally:
+            with contextlib.suppress(OSError):  # paho closed it (DISCONNECT sent, or lost)
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+
+    paho_client._create_socket = create_read_ahead_socket  # type: ignore[method-assign]
+    paho_client.loop_write = corked_write  # type: ignore[method-assign]
+
+
+def publish_nowait(
+    client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int = 1
+) -> paho.MQTTMessageInfo:
+    """Hand a message to the client without waiting for its PUBACK: paho completes QoS 1 by
+    itself, holding back what exceeds its in-flight window. For many messages at a time,
+    where awaiting each costs a task, a future and a timer."""
+    info = client._client.publish(topic, payload, qos)
+    if info.rc != paho.MQTT_ERR_SUCCESS:
+        raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+    return info
+
+
 def backoff_delays(base: float = 0.2, cap: float = 5.0) -> Callable[[], float]:
     """Full-jitter exponential back-off: each call returns the next delay."""
     attempt = 0
@@ -62,6 +150,45 @@ def backoff_delays(base: float = 0.2, cap: float = 5.0) -> Callable[[], float]:
     return next_delay
 
 
+class _Inbox:
+    """The link's incoming messages as paho delivers them, taken a batch at a time.
+
+    aiomqtt's queue would copy each into a Message of its own and wake a waiting task per
+    message; a batch is taken here with one wake-up. Unbounded: a message dropped here would
+    never be acknowledged, so it would sit unapplied until the next reconnect; the broker's
+    in-flight window for the session bounds it.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._messages: collections.deque[paho.MQTTMessage] = collections.deque()
+        self._arrived = asyncio.Event()
+        client._client.on_message = self._on_message
+
+    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
+        self._messages.append(message)
+        self._arrived.set()
+
+    async def take(self, limit: int) -> list[paho.MQTTMessage]:
+        """What has arrived, at most ``limit`` messages; waits for one if none has. Raises
+        MqttError once the connection is gone."""
+        while not self._messages:
+            self._arrived.clear()
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait(
+                    (arrived, self._client._disconnected), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                arrived.cancel()
+            disconnected = self._client._disconnected
+            if disconnected.done():
+                cause = None if disconnected.cancelled() else disconnected.exception()
+                raise aiomqtt.MqttError("disconnected while waiting for messages") from cause
+        count = min(limit, len(self._messages))
+        return [self._messages.popleft() for _ in range(count)]
+
+
 class BrokerLink:
     """One service connection: subscriptions, dynamic-security commands, reconnects.
 
@@ -70,6 +197,10 @@ class BrokerLink:
     message and nothing waits for more. ``manual_ack`` holds back the PUBACK of each QoS 1
     message until the handler has returned for its batch, so a message is acknowledged only
     after its effect is committed (at-least-once).
+
+    How many messages can be out to the link unacknowledged, and so how large a batch can
+    grow, is the broker's in-flight window for the session (Mosquitto's
+    ``max_inflight_messages``); the rest wait in the broker's queue.
     """
 
     def __init__(
@@ -103,12 +234,8 @@ class BrokerLink:
         return self._client
 
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
-        """Hand a message to the client without waiting for its PUBACK (the client completes
-        QoS 1 by itself): for a batch's replies, hundreds at a time, where awaiting each
-        costs a task and a timer."""
-        info = self.client._client.publish(topic, payload, qos)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        """:func:`publish_nowait` on the link's client."""
+        publish_nowait(self.client, topic, payload, qos=qos)
 
     async def run(self) -> None:
         next_delay = backoff_delays()
@@ -143,15 +270,12 @@ class BrokerLink:
             protocol=aiomqtt.ProtocolVersion.V311,
             keepalive=15,
             timeout=5,
-            # Unbounded: a message aiomqtt drops here is never acknowledged, so it would sit
-            # unapplied until the next reconnect. Mosquitto 2.0.11 does not hold a client that
-            # also publishes QoS 1 to its in-flight window, so its backlog arrives at once;
-            # the broker's own queue limit bounds it.
-            max_queued_incoming_messages=0,
             logger=_client_log,
-            # Without it Nagle holds each reply behind the previous PUBACK's delayed ACK (~40 ms).
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            socket_options=NO_DELAY,
         )
+        streamline(client, NO_DELAY)
+        # Before connecting: a persistent session's backlog arrives right after CONNACK.
+        inbox = _Inbox(client)
         if self._manual_ack:
             # aiomqtt has no public switch for this; paho's client does.
             client._client.manual_ack_set(True)
@@ -167,23 +291,16 @@ class BrokerLink:
                 if self._on_connect is not None:
                     # Concurrent with the message loop: it may await control-API responses.
                     tasks.create_task(self._on_connect(), name="on-broker-connect")
-                await self._consume(client)
+                await self._consume(client, inbox)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(self, client: aiomqtt.Client, inbox: _Inbox) -> None:
         assert self.dynsec is not None
-        messages = client.messages
-        async for first in messages:
-            batch = [first]
-            # Take what has already arrived straight off aiomqtt's queue (its iterator costs
-            # a task per message); nothing waits for more.
-            queue = client._queue
-            while len(batch) < self._max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            handed: list[aiomqtt.Message] = []
+        while True:
+            batch = await inbox.take(self._max_batch)
+            handed: list[paho.MQTTMessage] = []
             for message in batch:
-                if message.topic.value == RESPONSE_TOPIC:
-                    if isinstance(message.payload, bytes):
-                        self.dynsec.handle_response(message.payload)
+                if message.topic == RESPONSE_TOPIC:
+                    self.dynsec.handle_response(bytes(message.payload))
                 else:
                     handed.append(message)
             if handed and self._on_messages is not None:
