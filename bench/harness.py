@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +43,14 @@ __all__ = [
     "ROOT",
     "SERVICE_JWT_SECRET",
     "Scratch",
+    "cpu_seconds",
     "machine",
     "operator_headers",
     "percentile",
     "profile",
     "ratio",
     "scratch",
+    "tree_cpu_seconds",
 ]
 
 
@@ -87,8 +89,9 @@ class Scratch:
         finally:
             await conn.close()
 
-    async def simulate(self, *args: str) -> str:
-        """Run ``iotcloud simulate`` to its end; returns its output."""
+    async def simulate(self, *args: str, on_connected: Callable[[int], None] | None = None) -> str:
+        """Run ``iotcloud simulate`` to its end; returns its output. ``on_connected`` is
+        called with the simulator's pid once all its devices are connected."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -99,8 +102,15 @@ class Scratch:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        output, _ = await process.communicate()
-        text = output.decode()
+        assert process.stdout is not None
+        lines = []
+        async for raw in process.stdout:
+            line = raw.decode()
+            lines.append(line)
+            if on_connected is not None and line.startswith("all ") and " connected " in line:
+                on_connected(process.pid)
+        await process.wait()
+        text = "".join(lines)
         if process.returncode != 0:
             raise RuntimeError(f"iotcloud simulate failed:\n{text}")
         return text
@@ -128,6 +138,28 @@ async def scratch(*, with_broker: bool = True) -> AsyncIterator[Scratch]:
             print(f"(logs kept in {home})", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU time of a live process so far (``/proc/PID/stat``), with that of its
+    children it has already waited for when ``reaped_children``."""
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of ``root`` and of its children, live or gone (a PostgreSQL server and its
+    backends: the postmaster waits for every backend that exits)."""
+    total = cpu_seconds(root, reaped_children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == root:
+                total += cpu_seconds(int(stat.parent.name))
+    return total
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -158,10 +190,10 @@ def machine() -> str:
     )
 
 
-def profile(pid: int, seconds: float, *, top: int = 8) -> list[str]:
+def profile(pid: int, seconds: float, *, top: int = 8, native: bool = False) -> list[str]:
     """Where ``pid`` spent its samples (py-spy, if installed): the ``top`` frames by self
     time, then the project's own functions by inclusive time, each as "share  function
-    (file:line)"; empty when py-spy is not available."""
+    (file:line)"; empty when py-spy is not available. ``native`` adds C and system frames."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         return []
@@ -178,7 +210,8 @@ def profile(pid: int, seconds: float, *, top: int = 8) -> list[str]:
                 "250",
                 "--format",
                 "raw",
-                "--nonblocking",
+                # Native frames (C extensions, system calls) need the process paused per sample.
+                *(["--native"] if native else ["--nonblocking"]),
                 "--output",
                 out.name,
             ],

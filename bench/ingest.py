@@ -10,23 +10,27 @@ broker, goes to three consumers in turn:
 3. ``pgbench`` running the single-path UPDATE of one report on the same table (what one
    report per transaction could reach at best).
 
-    .venv/bin/python bench/ingest.py [--devices 200] [--burst 100] [--profile]
+    .venv/bin/python bench/ingest.py [--devices 400] [--burst 250] [--profile [native]]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as paho
-from harness import Scratch, machine, profile, ratio, scratch
+from harness import Scratch, cpu_seconds, machine, profile, ratio, scratch, tree_cpu_seconds
 
 from shared import db
 from shared.mqtt import parse_mqtt_url
@@ -69,16 +73,80 @@ class BareSubscriber:
         self.client.loop_stop()
 
 
-async def bare_run(lab: Scratch, devices: int, burst: int) -> float:
+def _children_cpu() -> float:
+    """CPU time of this process's children it has waited for (the simulator, once done)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU each part of a run spent from the moment every simulated device is connected (the
+    burst starts) to the last report: the simulator, the broker, PostgreSQL (server and
+    backends) and the consumer (the bare subscriber, a thread of this process, or
+    ``ingest_iot``)."""
+
+    def __init__(self, lab: Scratch, postmaster: int, consumer: str, consumer_pid: int) -> None:
+        broker = lab.broker.process
+        assert broker is not None
+        self.readers: dict[str, Callable[[], float]] = {
+            "broker": lambda: cpu_seconds(broker.pid),
+            "PostgreSQL": lambda: tree_cpu_seconds(postmaster),
+            consumer: lambda: cpu_seconds(consumer_pid),
+        }
+        self.children_before = _children_cpu()
+        self.simulator_start = 0.0
+        self.start: dict[str, float] = {}
+        self.end: dict[str, float] = {}
+
+    def connected(self, simulator_pid: int) -> None:
+        self.simulator_start = cpu_seconds(simulator_pid)
+        self.start = {name: read() for name, read in self.readers.items()}
+
+    def finished(self) -> None:
+        self.end = {name: read() for name, read in self.readers.items()}
+
+    def per_report(self, reports: int) -> dict[str, float]:
+        """Microseconds of CPU per report, by part; call once the simulator has exited."""
+        if not self.start or not self.end:
+            raise RuntimeError("the simulator never said its devices were connected")
+        spent = {"simulator": _children_cpu() - self.children_before - self.simulator_start}
+        spent |= {name: self.end[name] - self.start[name] for name in self.readers}
+        return {name: 1e6 * seconds / reports for name, seconds in spent.items()}
+
+
+def cpu_line(costs: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {value:.0f}" for name, value in costs.items())
+    return f"CPU per report (us): {parts}; total {sum(costs.values()):.0f}"
+
+
+def batch_line(reports: int, batches: float) -> str:
+    if not batches:
+        return "no batch count"
+    return f"{batches:,.0f} transactions, {reports / batches:.0f} reports each on average"
+
+
+async def postmaster_pid(database_url: str) -> int:
+    conn = await db.connect(database_url, application_name="bench")
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        stat = Path(f"/proc/{backend}/stat").read_text()  # noqa: ASYNC240 - a tiny file
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    finally:
+        await conn.close()
+
+
+async def bare_run(lab: Scratch, devices: int, burst: int) -> tuple[float, dict[str, float]]:
     expected = devices * burst
+    meter = CpuMeter(lab, await postmaster_pid(lab.database_url), "bare subscriber", os.getpid())
     with BareSubscriber(lab.broker.url) as bare:
-        await lab.simulate(*simulate_args(devices, burst))
+        await lab.simulate(*simulate_args(devices, burst), on_connected=meter.connected)
         deadline = time.monotonic() + 60
         while bare.count < expected and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        meter.finished()
     if bare.count != expected:
         raise RuntimeError(f"bare subscriber got {bare.count} of {expected} messages")
-    return expected / (bare.last - bare.first)
+    return expected / (bare.last - bare.first), meter.per_report(expected)
 
 
 def simulate_args(devices: int, burst: int) -> list[str]:
@@ -97,21 +165,34 @@ def simulate_args(devices: int, burst: int) -> list[str]:
 
 
 async def ingest_run(
-    lab: Scratch, devices: int, burst: int, *, with_profile: bool
-) -> tuple[float, list[str]]:
+    lab: Scratch, devices: int, burst: int, *, profile_mode: str | None
+) -> tuple[float, dict[str, float], list[str]]:
     expected = devices * burst
     ingest = lab.service("ingest")
     ingest.start()
     frames: list[str] = []
     try:
         await ingest.wait_ready()
+        assert ingest.process is not None
+        meter = CpuMeter(
+            lab, await postmaster_pid(lab.database_url), "ingest_iot", ingest.process.pid
+        )
         conn = await db.connect(lab.database_url, application_name="bench")
         try:
-            simulator = asyncio.create_task(lab.simulate(*simulate_args(devices, burst)))
-            if with_profile:
-                await asyncio.sleep(2.0)  # past provisioning and connects
-                assert ingest.process is not None
-                frames = await asyncio.to_thread(profile, ingest.process.pid, 4)
+            bursting = asyncio.Event()
+
+            def connected(simulator_pid: int) -> None:
+                meter.connected(simulator_pid)
+                bursting.set()
+
+            simulator = asyncio.create_task(
+                lab.simulate(*simulate_args(devices, burst), on_connected=connected)
+            )
+            if profile_mode is not None:
+                await bursting.wait()
+                frames = await asyncio.to_thread(
+                    profile, ingest.process.pid, 4, top=30, native=profile_mode == "native"
+                )
             await simulator
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
@@ -124,6 +205,9 @@ async def ingest_run(
                 if row["n"] >= expected:
                     break
                 await asyncio.sleep(0.1)
+            meter.finished()
+            costs = meter.per_report(expected)
+            batches = await batch_count(ingest.url)
             await asyncio.sleep(1.0)  # anything applied twice would show up now
             await check_complete(conn, devices, burst)
             # From the first transaction's clock to the last one's, as the bare subscriber
@@ -133,7 +217,15 @@ async def ingest_run(
             await conn.close()
     finally:
         ingest.stop()
-    return expected / span, frames
+    return expected / span, costs | {"batches": batches}, frames
+
+
+async def batch_count(ingest_url: str) -> float:
+    """Transactions the bridge ran (its batch-size histogram's count)."""
+    async with httpx.AsyncClient(base_url=ingest_url) as http:
+        text = (await http.get("/metrics")).text
+    match = re.search(r"^iotcloud_report_batch_size_count (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 async def check_complete(conn: db.Connection, devices: int, burst: int) -> None:
@@ -196,16 +288,21 @@ def pgbench(database_url: str, devices: int, *, clients: int, seconds: int) -> f
     return float(match.group(1))
 
 
-async def main(devices: int, burst: int, pg_clients: int, with_profile: bool) -> dict[str, float]:
+async def main(
+    devices: int, burst: int, pg_clients: int, profile_mode: str | None
+) -> dict[str, float]:
     print(f"ingest benchmark on {machine()}")
     async with scratch() as lab:
         await lab.tenant(TENANT)
-        bare_rate = await bare_run(lab, devices, burst)
-        ingest_rate, frames = await ingest_run(lab, devices, burst, with_profile=with_profile)
+        bare_rate, bare_costs = await bare_run(lab, devices, burst)
+        ingest_rate, ingest_costs, frames = await ingest_run(
+            lab, devices, burst, profile_mode=profile_mode
+        )
         pg_rate = await asyncio.to_thread(
             pgbench, lab.database_url, devices, clients=pg_clients, seconds=10
         )
     total = devices * burst
+    batches = ingest_costs.pop("batches")
     print(
         f"ingest: {total:,} QoS 1 reports from {devices} devices, every one committed once "
         "and in order\n"
@@ -213,7 +310,10 @@ async def main(devices: int, burst: int, pg_clients: int, with_profile: bool) ->
         f"  bare paho QoS 1 subscriber, same stream      {bare_rate:9,.0f} msgs/s   "
         f"ratio {ratio(ingest_rate, bare_rate)} (goal >= 0.8x)\n"
         f"  pgbench single-row UPDATE, {pg_clients} clients       {pg_rate:9,.0f} tps      "
-        f"ratio {ratio(ingest_rate, pg_rate)} (goal >= 2x)"
+        f"ratio {ratio(ingest_rate, pg_rate)} (goal >= 2x)\n"
+        f"  bare run:   {cpu_line(bare_costs)}\n"
+        f"  ingest run: {cpu_line(ingest_costs)}\n"
+        f"  ingest_iot: {batch_line(total, batches)}"
     )
     if frames:
         print("  ingest_iot profile (py-spy, self time):")
@@ -224,9 +324,15 @@ async def main(devices: int, burst: int, pg_clients: int, with_profile: bool) ->
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--devices", type=int, default=200)
-    parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--devices", type=int, default=400)
+    parser.add_argument("--burst", type=int, default=250)
     parser.add_argument("--pgbench-clients", type=int, default=4)
-    parser.add_argument("--profile", action="store_true", help="py-spy the ingest process")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="python",
+        choices=["python", "native"],
+        help="py-spy the ingest process during the burst (native: with C and system frames)",
+    )
     args = parser.parse_args()
     asyncio.run(main(args.devices, args.burst, args.pgbench_clients, args.profile))
