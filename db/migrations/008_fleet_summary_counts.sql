@@ -4,11 +4,13 @@
 -- are index-only range scans over the devices in that state, so the summary costs
 -- O(stale + pending) index entries, not O(fleet). Synced is the rest.
 --
--- Nothing here runs on UPDATE of device_state (every report is one): no trigger, no
--- transition table, and no extra index.
+-- Nothing here runs on a report's UPDATE of device_state: no row trigger, no transition
+-- table, no extra index (the one UPDATE trigger below fires only for a statement that sets
+-- tenant_id).
 
--- Writers of device_state wait for this migration (it is short) instead of racing the
--- backfill: a device created between the count and the trigger would be lost.
+-- Writers of device_state wait for this migration instead of racing the backfill (a device
+-- created between the count and the trigger would be lost), and readers wait for the pending
+-- index to be rebuilt at the end: well under a second at a million devices.
 LOCK TABLE device_state IN SHARE ROW EXCLUSIVE MODE;
 
 -- The tenant's device count is the sum of its rows here. A statement adds its delta to the
