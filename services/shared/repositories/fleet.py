@@ -16,14 +16,20 @@ _JOB_COLUMNS = """job_id, tenant_id, filter, patch, created_by, status, matched,
 
 
 async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -> asyncpg.Record:
-    """Counts by sync status; each count is one index range (stale: last_seen, pending: the
-    pending partial index), and synced is what is left."""
+    """Counts by sync status in one statement, so one snapshot: total from the tenant's
+    device counts (migration 008), stale and pending as index-only ranges over just the
+    devices in that state (``idx_device_state_last_seen``, ``idx_device_state_shadow_pending``
+    with its last_seen); synced is what is left. The cost grows with stale + pending, not
+    with the fleet."""
     row = await conn.fetchrow(
         """SELECT
-             (SELECT count(*) FROM device_state WHERE tenant_id = $1) AS total,
-             (SELECT count(*) FROM device_state
-              WHERE tenant_id = $1
-                AND (last_seen IS NULL OR last_seen < now() - $2::interval)) AS stale,
+             (SELECT COALESCE(sum(devices), 0)::bigint FROM tenant_device_counts
+              WHERE tenant_id = $1) AS total,
+             -- Two ranges, each index-only; "IS NULL OR <" as one condition is a bitmap
+             -- scan that reads the heap.
+             (SELECT count(*) FROM device_state WHERE tenant_id = $1 AND last_seen IS NULL)
+             + (SELECT count(*) FROM device_state
+                WHERE tenant_id = $1 AND last_seen < now() - $2::interval) AS stale,
              (SELECT count(*) FROM device_state
               WHERE tenant_id = $1 AND desired_version > reported_version
                 AND last_seen >= now() - $2::interval) AS pending""",
