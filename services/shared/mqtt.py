@@ -124,6 +124,9 @@ def streamline(client: aiomqtt.Client, socket_options: tuple[tuple[int, int, int
 
     paho_client._create_socket = create_read_ahead_socket  # type: ignore[method-assign]
     paho_client.loop_write = corked_write  # type: ignore[method-assign]
+    # paho formats a debug line for every packet it reads or writes; aiomqtt still raises
+    # whatever goes wrong with the connection.
+    paho_client.disable_logger()
 
 
 def publish_nowait(
@@ -163,9 +166,11 @@ class _Inbox:
         self._client = client
         self._messages: collections.deque[paho.MQTTMessage] = collections.deque()
         self._arrived = asyncio.Event()
-        client._client.on_message = self._on_message
+        # In place of paho's dispatch, which matches every message against per-topic
+        # callbacks (the link has none) under two locks before it calls on_message.
+        client._client._handle_on_message = self._arrive  # type: ignore[method-assign]
 
-    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
+    def _arrive(self, message: paho.MQTTMessage) -> None:
         self._messages.append(message)
         self._arrived.set()
 

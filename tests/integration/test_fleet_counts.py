@@ -440,7 +440,11 @@ async def test_the_migration_backfills_counts_under_writers_and_concurrent_migra
         applied = await asyncio.gather(*migrations)
         await late_insert
 
-        assert sorted(applied, key=len) == [[], ["008_fleet_summary_counts"]]
+        # One migrator applied 008 (and any later migration), the other found none left.
+        assert [names[:1] for names in sorted(applied, key=len)] == [
+            [],
+            ["008_fleet_summary_counts"],
+        ]
         for tenant, total in (("mig-a", 3_040), ("mig-b", 725)):
             summary, truth = await summary_and_truth(check, tenant)
             assert summary == truth

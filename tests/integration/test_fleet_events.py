@@ -320,3 +320,53 @@ async def test_two_replicas_stream_the_same_events_with_the_same_ids(stack: Stac
     assert [int(e["id"]) for e in seen_one] == await tenant_seqs(
         stack, tenant, int(seen_one[0]["id"]) - 1
     )
+
+
+async def test_which_writes_are_twin_events(database_url: str) -> None:
+    """One event per changed row, whatever the statement's size: inserts, version and state
+    changes, a first contact or one after five silent minutes, deletes; routine last_seen
+    refreshes and delivery bookkeeping are none."""
+    conn = await asyncpg.connect(database_url)
+
+    async def new_events(statement: str) -> list[tuple[str, str, int, int]]:
+        last = await conn.fetchval("SELECT coalesce(max(id), 0) FROM twin_events")
+        await conn.execute(statement)
+        rows = await conn.fetch(
+            """SELECT device_id, kind, desired_version, reported_version FROM twin_events
+               WHERE id > $1 ORDER BY device_id""",
+            last,
+        )
+        return [tuple(row.values()) for row in rows]  # type: ignore[misc]
+
+    try:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('ev', 'ev')")
+        await conn.execute(
+            """INSERT INTO devices (device_id, tenant_id, token_hash, broker_salt, broker_hash)
+               SELECT 'ev-' || g, 'ev', sha256(g::text::bytea), 's', 'h'
+               FROM generate_series(1, 3) g"""
+        )
+        inserted = await new_events(
+            "INSERT INTO device_state (device_id, tenant_id) SELECT device_id, 'ev' FROM devices"
+        )
+        assert inserted == [(f"ev-{n}", "twin", 0, 0) for n in (1, 2, 3)]
+        first_contact = await new_events("UPDATE device_state SET last_seen = now()")
+        assert [device for device, *_ in first_contact] == ["ev-1", "ev-2", "ev-3"]
+        assert await new_events("UPDATE device_state SET last_seen = now()") == []
+        assert await new_events("UPDATE device_state SET published_version = 0") == []
+        # One statement, three rows, two of them changed.
+        changed = await new_events(
+            """UPDATE device_state SET
+                   desired_version = desired_version + (device_id <> 'ev-3')::int,
+                   last_seen = now()"""
+        )
+        assert changed == [("ev-1", "twin", 1, 0), ("ev-2", "twin", 1, 0)]
+        await conn.execute(
+            "UPDATE device_state SET last_seen = now() - interval '6 minutes' "
+            "WHERE device_id = 'ev-2'"
+        )
+        back = await new_events("UPDATE device_state SET last_seen = now()")
+        assert back == [("ev-2", "twin", 1, 0)]
+        deleted = await new_events("DELETE FROM device_state WHERE device_id = 'ev-1'")
+        assert deleted == [("ev-1", "deleted", 1, 0)]
+    finally:
+        await conn.close()
