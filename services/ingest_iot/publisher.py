@@ -93,11 +93,13 @@ class DesiredPublisher:
         while True:
             async with self._pool.acquire() as conn:
                 rows = await delivery.unpublished(conn, limit=_BATCH)
+            # Out before the next query: a desired write waits for nothing else.
+            await self._publish(rows)
+            async with self._pool.acquire() as conn:
                 gone = await delivery.cleanups(conn, limit=_BATCH)
             if not rows and not gone:
                 DESIRED_LAG.set(0)
                 return
-            await self._publish(rows)
             if gone:
                 await asyncio.gather(
                     *(
@@ -127,6 +129,8 @@ class DesiredPublisher:
 
     async def _publish(self, rows: list[asyncpg.Record]) -> None:
         """Publish retained QoS 1 and wait for every PUBACK before recording the versions."""
+        if not rows:
+            return
         client = self._link.client
         await asyncio.gather(
             *(
