@@ -297,13 +297,13 @@ async def test_filtered_pages_and_summary_use_indexes(stack: Stack) -> None:
 
         await fleet_repo.summary(explaining, tenant_id=tenant, stale_after=hour)  # type: ignore[arg-type]
         summary_indexes = index_names(explaining.plan)
-        assert {"idx_device_state_shadow_pending", "idx_device_state_last_seen"} <= (
+        assert {"idx_device_state_pending_last_seen", "idx_device_state_last_seen"} <= (
             summary_indexes
         ), plan_text(explaining.plan)
         # The kept counts are a few rows per tenant: a one-page table is read whole.
         assert not seq_scans(explaining.plan) - {"tenant_device_counts"}, plan_text(explaining.plan)
         # Nothing counts the whole fleet: the twins are read only as index-only ranges of the
-        # stale and the pending devices.
+        # stale devices and of the stale ones among the pending.
         state_reads = [
             (node["Node Type"], node.get("Index Name"))
             for node in nodes(explaining.plan)
@@ -312,7 +312,8 @@ async def test_filtered_pages_and_summary_use_indexes(stack: Stack) -> None:
         assert sorted(state_reads) == [
             ("Index Only Scan", "idx_device_state_last_seen"),
             ("Index Only Scan", "idx_device_state_last_seen"),
-            ("Index Only Scan", "idx_device_state_shadow_pending"),
+            ("Index Only Scan", "idx_device_state_pending_last_seen"),
+            ("Index Only Scan", "idx_device_state_pending_last_seen"),
         ], plan_text(explaining.plan)
     finally:
         await conn.close()

@@ -304,6 +304,54 @@ async def test_concurrent_writers_of_one_tenant_keep_the_counts_exact(stack: Sta
         await conn.close()
 
 
+async def test_concurrent_desired_writes_and_reports_keep_pending_exact(stack: Stack) -> None:
+    """The kept pending count (migration 010) under writers that move devices in and out of
+    pending, one row or many per statement, some transactions rolled back."""
+    tenant, _ = await stack.tenant("admin")
+    url = stack.settings.database_url
+    conn = await db.connect(url, application_name="tests")
+    try:
+        await insert_devices(conn, tenant, "cp-", 1, 200)
+    finally:
+        await conn.close()
+
+    async def writer(number: int) -> None:
+        rng = random.Random(number)
+        conn = await db.connect(url, application_name=f"tests-pending-{number}")
+        try:
+            for _ in range(30):
+                picked = [f"cp-{rng.randint(1, 200)}" for _ in range(rng.randint(1, 40))]
+                try:
+                    async with conn.transaction():
+                        if rng.random() < 0.5:  # desired writes: these become pending
+                            statement = "desired_version = desired_version + 1"
+                        else:  # reports catching up: these become synced
+                            statement = "reported_version = desired_version"
+                        await conn.execute(
+                            f"""UPDATE device_state SET {statement}
+                                WHERE device_id = ANY($1::text[])""",  # noqa: S608
+                            sorted(set(picked)),
+                        )
+                        await asyncio.sleep(rng.random() / 100)
+                        if rng.random() < 0.2:
+                            raise _Rollback
+                except _Rollback:
+                    pass
+                except asyncpg.DeadlockDetectedError:
+                    pass  # two writers' row sets crossed; the transaction is rolled back
+        finally:
+            await conn.close()
+
+    await asyncio.wait_for(asyncio.gather(*(writer(n) for n in range(6))), timeout=120)
+    conn = await db.connect(url, application_name="tests")
+    try:
+        summary, truth = await summary_and_truth(conn, tenant)
+        assert summary == truth
+        assert 0 < truth["pending"] < 200
+    finally:
+        await conn.close()
+
+
 async def test_stale_and_pending_follow_the_clock_without_any_write(
     database_url: str, broker: Broker
 ) -> None:

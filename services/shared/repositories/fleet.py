@@ -16,23 +16,30 @@ _JOB_COLUMNS = """job_id, tenant_id, filter, patch, created_by, status, matched,
 
 
 async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -> asyncpg.Record:
-    """Counts by sync status in one statement, so one snapshot: total from the tenant's
-    device counts (migration 008), stale and pending as index-only ranges over just the
-    devices in that state (``idx_device_state_last_seen``, ``idx_device_state_shadow_pending``
-    with its last_seen); synced is what is left. The cost grows with stale + pending, not
-    with the fleet."""
+    """Counts by sync status in one statement, so one snapshot: the tenant's device and
+    pending counts as kept by triggers (migrations 008 and 010), the stale devices and the
+    pending ones among them as index-only ranges (``idx_device_state_last_seen``,
+    ``idx_device_state_pending_last_seen``). The cost grows with the stale devices, not with
+    the fleet; pending is the kept count less the stale ones, synced what is left."""
     row = await conn.fetchrow(
-        """SELECT
-             (SELECT COALESCE(sum(devices), 0)::bigint FROM tenant_device_counts
-              WHERE tenant_id = $1) AS total,
-             -- Two ranges, each index-only; "IS NULL OR <" as one condition is a bitmap
-             -- scan that reads the heap.
-             (SELECT count(*) FROM device_state WHERE tenant_id = $1 AND last_seen IS NULL)
-             + (SELECT count(*) FROM device_state
-                WHERE tenant_id = $1 AND last_seen < now() - $2::interval) AS stale,
-             (SELECT count(*) FROM device_state
-              WHERE tenant_id = $1 AND desired_version > reported_version
-                AND last_seen >= now() - $2::interval) AS pending""",
+        """SELECT kept.total, kept.pending - stale_pending.n AS pending, stale.n AS stale
+           FROM (SELECT COALESCE(sum(devices), 0)::bigint AS total,
+                        COALESCE(sum(pending), 0)::bigint AS pending
+                 FROM tenant_device_counts WHERE tenant_id = $1) AS kept,
+                -- Two ranges each, index-only; "IS NULL OR <" as one condition is a bitmap
+                -- scan that reads the heap.
+                (SELECT (SELECT count(*) FROM device_state
+                         WHERE tenant_id = $1 AND last_seen IS NULL)
+                        + (SELECT count(*) FROM device_state
+                           WHERE tenant_id = $1 AND last_seen < now() - $2::interval) AS n
+                ) AS stale,
+                (SELECT (SELECT count(*) FROM device_state
+                         WHERE tenant_id = $1 AND desired_version > reported_version
+                           AND last_seen IS NULL)
+                        + (SELECT count(*) FROM device_state
+                           WHERE tenant_id = $1 AND desired_version > reported_version
+                             AND last_seen < now() - $2::interval) AS n
+                ) AS stale_pending""",
         tenant_id,
         stale_after,
     )
