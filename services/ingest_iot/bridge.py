@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+import aiomqtt
 import asyncpg
 import orjson
 import paho.mqtt.client as paho
@@ -76,12 +77,17 @@ class ReportBridge:
                 )
         if self.link is None:
             return
-        for report, result in zip(incoming, results, strict=True):
-            if result.reply is not None:
-                self.link.publish_nowait(
-                    reply_topic(report.tenant_id, report.device_id, accepted=result.accepted),
-                    orjson.dumps(result.reply),
-                )
+        try:
+            for report, result in zip(incoming, results, strict=True):
+                if result.reply is not None:
+                    self.link.publish_nowait(
+                        reply_topic(report.tenant_id, report.device_id, accepted=result.accepted),
+                        orjson.dumps(result.reply),
+                    )
+        except aiomqtt.MqttError as exc:
+            # The reports are committed: they must still be acknowledged, or the broker would
+            # deliver them again. A reply is a courtesy the device can do without.
+            log.warning("replies of a batch of %d reports not sent: %r", len(incoming), exc)
 
     async def _apply(self, reports: list[IncomingReport]) -> list[AppliedReport]:
         async with db.transaction(self._pool) as conn:

@@ -32,6 +32,7 @@ ConnectHook = Callable[[], Coroutine[Any, Any, None]]
 # Without it Nagle holds each reply behind the previous PUBACK's delayed ACK (~40 ms).
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _READ_AHEAD = 64 * 1024
+_PUBLISH_WINDOW = 10_000
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
 
 
@@ -91,10 +92,11 @@ class _ReadAheadSocket:
 
 
 def streamline(client: aiomqtt.Client, socket_options: tuple[tuple[int, int, int], ...]) -> None:
-    """Fewer system calls per MQTT packet for one aiomqtt client: reads served from one
-    ``recv`` (:class:`_ReadAheadSocket`), and everything paho writes in one go (the PUBACKs
-    and replies of a whole batch, say) corked into as few TCP segments as fit, instead of a
-    segment, and a wake-up of the broker, per packet. Call before connecting.
+    """Less work per MQTT packet for one aiomqtt client: reads served from one ``recv``
+    (:class:`_ReadAheadSocket`), everything paho writes in one go (the PUBACKs and replies
+    of a whole batch, say) corked into as few TCP segments as fit, instead of a segment, and
+    a wake-up of the broker, per packet, and no walk of the unacknowledged messages on a
+    PUBACK when none is waiting to be sent. Call before connecting.
 
     aiomqtt applies ``socket_options`` only to a plain socket, so they are applied here.
     """
@@ -122,8 +124,19 @@ def streamline(client: aiomqtt.Client, socket_options: tuple[tuple[int, int, int
             with contextlib.suppress(OSError):  # paho closed it (DISCONNECT sent, or lost)
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
+    update_inflight = paho_client._update_inflight
+
+    def update_inflight_if_queued() -> MQTTErrorCode:
+        # paho runs this on every PUBACK and it walks every unacknowledged message looking
+        # for one still queued behind the in-flight window: with a wide window, hundreds of
+        # steps per PUBACK when nothing is queued at all.
+        if len(paho_client._out_messages) > paho_client._inflight_messages:
+            return update_inflight()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     paho_client._create_socket = create_read_ahead_socket  # type: ignore[method-assign]
     paho_client.loop_write = corked_write  # type: ignore[method-assign]
+    paho_client._update_inflight = update_inflight_if_queued  # type: ignore[method-assign]
     # paho formats a debug line for every packet it reads or writes; aiomqtt still raises
     # whatever goes wrong with the connection.
     paho_client.disable_logger()
@@ -137,7 +150,7 @@ def publish_nowait(
     where awaiting each costs a task, a future and a timer."""
     info = client._client.publish(topic, payload, qos)
     if info.rc != paho.MQTT_ERR_SUCCESS:
-        raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        raise aiomqtt.MqttCodeError(info.rc, f"could not publish: {paho.error_string(info.rc)}")
     return info
 
 
@@ -275,6 +288,11 @@ class BrokerLink:
             protocol=aiomqtt.ProtocolVersion.V311,
             keepalive=15,
             timeout=5,
+            # QoS 1 messages out to the broker unacknowledged (paho's default is 20). Past
+            # the window paho queues them until PUBACKs free it, and PUBACKs are read only
+            # between two batches: with 20, a burst's replies piled up in paho's queue until
+            # its 16-bit message ids ran out ("message queue full").
+            max_inflight_messages=_PUBLISH_WINDOW,
             logger=_client_log,
             socket_options=NO_DELAY,
         )
