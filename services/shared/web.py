@@ -90,7 +90,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def json_body(request: Request) -> Any:
     """Decode a JSON body with orjson: malformed or too deeply nested is 422, never a 500."""
-    raw = await request.body()
+    return decode_json(await request.body())
+
+
+def decode_json(raw: bytes) -> Any:
+    """:func:`json_body` for a body already read."""
     if not raw:
         raise Unprocessable("request body must be JSON")
     try:
