@@ -48,6 +48,23 @@ async def get_document(
     )
 
 
+async def get_documents(
+    conn: Connection, *, tenant_ids: list[str], device_ids: list[str]
+) -> list[asyncpg.Record]:
+    """:func:`get_document` for many (tenant_id, device_id) pairs in one statement: the rows
+    of the pairs that name a twin (a device id of another tenant names none)."""
+    return await conn.fetch(
+        f"""SELECT {_DOCUMENT_COLUMNS}, d.model_id, m.reported_schema
+            FROM device_state s
+            JOIN devices d USING (device_id)
+            LEFT JOIN device_models m ON m.tenant_id = d.tenant_id AND m.model_id = d.model_id
+            WHERE (s.tenant_id, s.device_id) IN
+                  (SELECT * FROM unnest($1::text[], $2::text[]))""",  # noqa: S608 - fixed columns
+        tenant_ids,
+        device_ids,
+    )
+
+
 async def lock_document(
     conn: Connection, *, tenant_id: str, device_id: str
 ) -> asyncpg.Record | None:
