@@ -334,3 +334,27 @@ async def test_reports_with_the_database_down_are_503(broker: Broker) -> None:
         assert response.status_code == 503
         assert response.json()["detail"].startswith("database unavailable")
         assert response.headers["Retry-After"] == "1"
+
+
+async def test_a_streamed_body_over_the_limit_is_413_after_the_token_check(stack: Stack) -> None:
+    """A chunked body declares no length: the limit counts it as it streams in, and the
+    device is still authenticated (and marked seen) before the refusal."""
+    _, admin = await stack.tenant("admin")
+    device = await stack.device(admin)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"reported": {"b": "'
+        for _ in range(40):
+            yield b"x" * 8192
+        yield b'"}, "version": 0}'
+
+    big = await stack.ingest.post(POST, content=chunks(), headers=token(device))
+    assert big.status_code == 413 and "larger than" in big.json()["detail"]
+    stranger = await stack.ingest.post(
+        POST, content=chunks(), headers={"X-Provision-Token": "tok-nobody"}
+    )
+    assert stranger.status_code == 401
+    twin = (
+        await stack.ui.get(f"/customer/devices/{device['device_id']}/twin", headers=admin)
+    ).json()
+    assert twin["last_seen"] is not None and twin["reported"] == {}
