@@ -87,7 +87,8 @@ class Caller(SecurityBase):
         return who
 
 
-Viewer = Annotated[Principal, Depends(Caller("viewer"))]
+VIEWER = Caller("viewer")
+Viewer = Annotated[Principal, Depends(VIEWER)]
 Operator = Annotated[Principal, Depends(Caller("operator"))]
 Admin = Annotated[Principal, Depends(Caller("admin"))]
 Conn = Annotated[Connection, Depends(connection)]

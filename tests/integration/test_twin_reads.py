@@ -91,3 +91,21 @@ async def test_coalesced_reads_keep_tenants_apart_and_see_what_committed_before(
     for refused in (a_reads_b1, b_reads_a2, unknown, other_tenant_viewer):
         assert refused.status_code == 404
         assert "not found" in refused.json()["detail"]
+
+
+async def test_the_twin_route_documents_its_parameter_and_security(stack: Stack) -> None:
+    """It declares them itself (it resolves no FastAPI parameters): they must stay right."""
+    spec = (await stack.ui.get("/openapi.json")).json()
+    operation = spec["paths"]["/customer/devices/{device_id}/twin"]["get"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+    }
+    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [
+        ("device_id", "path", True)
+    ]
+    assert {"200", "401", "404"} <= set(operation["responses"])
+    assert (
+        operation["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "object"
+    )

@@ -18,7 +18,7 @@ from shared.services.history import Actor
 from shared.services.twin_reads import TwinReads
 from shared.settings import Settings
 from shared.web import ORJSONResponse, json_body, json_body_schema
-from ui_iot.deps import Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
+from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
 
 
 @asynccontextmanager
@@ -108,8 +108,30 @@ def _twin_reads(request: Request) -> TwinReads:
 
 
 # The hottest route comes first: FastAPI tries a router's routes in order, twice per request.
-@router.get("/{device_id}/twin", response_model=dict[str, Any])
-async def get_twin(device_id: str, who: Viewer, request: Request) -> Response:
+# It also takes no parameters for FastAPI to resolve (a fifth of its cost): it authenticates
+# with the same ``Caller`` itself and declares its parameter and security scheme to OpenAPI.
+@router.get(
+    "/{device_id}/twin",
+    response_model=dict[str, Any],
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "device_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "title": "Device Id"},
+            }
+        ],
+        "security": [{VIEWER.scheme_name: []}],
+    },
+    responses={
+        401: {"description": "missing, invalid or expired token"},
+        404: {"description": "no such device in your tenant"},
+    },
+)
+async def get_twin(request: Request) -> Response:
+    who = await VIEWER(request)
+    device_id: str = request.path_params["device_id"]
     document = await _twin_reads(request).get_twin(
         tenant_id=who.tenant_id, device_id=device_id, stale_after=_settings(request).stale_after
     )
