@@ -69,7 +69,7 @@ class HttpReportBatcher:
         self._waiting: deque[_Waiting] = deque()
         self._arrived = asyncio.Event()
         self._statements = asyncio.Lock()
-        self._in_flight: dict[bytes, _Waiting] = {}  # by token: taken, not yet answered
+        self._in_flight: set[bytes] = set()  # the tokens of batches taken, not yet answered
         self._closed = False
 
     async def submit(self, report: TokenReport) -> TokenReportResult:
@@ -88,8 +88,7 @@ class HttpReportBatcher:
                     workers.create_task(self._work(), name=f"http-report-batch-{n}")
         finally:
             self._closed = True
-            shutdown = ServiceUnavailable("the service is shutting down")
-            _fail([*self._in_flight.values(), *self._waiting], shutdown)
+            _fail(list(self._waiting), ServiceUnavailable("the service is shutting down"))
             self._waiting.clear()
 
     async def _work(self) -> None:
@@ -99,13 +98,13 @@ class HttpReportBatcher:
             await turn.take()
             try:
                 batch = await self._next_batch()
-                for waiting in batch:
-                    self._in_flight[waiting.report.token_hash] = waiting
+                self._in_flight.update(waiting.report.token_hash for waiting in batch)
                 await self._apply(batch, turn)
             finally:
                 turn.give_up()
-                for waiting in batch:
-                    del self._in_flight[waiting.report.token_hash]
+                # Answered, unless this was cancelled (the service stops) mid-batch.
+                _fail(batch, ServiceUnavailable("the service is shutting down"))
+                self._in_flight.difference_update(waiting.report.token_hash for waiting in batch)
                 if self._waiting:
                     self._arrived.set()  # reports held back behind this batch may go now
 

@@ -358,3 +358,38 @@ async def test_a_streamed_body_over_the_limit_is_413_after_the_token_check(stack
         await stack.ui.get(f"/customer/devices/{device['device_id']}/twin", headers=admin)
     ).json()
     assert twin["last_seen"] is not None and twin["reported"] == {}
+
+
+async def test_reports_waiting_when_the_service_stops_are_503(
+    database_url: str, broker: Broker
+) -> None:
+    """Stopping the service (its lifespan ends the batcher) answers every report still
+    queued or mid-batch with a 503; none of them is left hanging, none is written."""
+    blocker = await db.connect(database_url, application_name="tests")
+    try:
+        async with running_stack(make_settings(database_url, broker.url), broker) as stack:
+            _, admin = await stack.tenant("admin")
+            plug, *others = [await stack.device(admin) for _ in range(3)]
+            transport = httpx.ASGITransport(stack.ingest_app)
+            client = httpx.AsyncClient(transport=transport, base_url="http://ingest")
+            holding = blocker.transaction()
+            await holding.start()
+            await blocker.execute(
+                "SELECT 1 FROM device_state WHERE device_id = $1 FOR UPDATE", plug["device_id"]
+            )
+            sends = [
+                client.post(POST, content=report({"n": 1}, 0), headers=token(d))
+                for d in (plug, *others)
+            ]
+            responses = asyncio.gather(*sends)
+            await eventually(lambda: batch_stalled(stack))
+        answered = await responses
+        await client.aclose()
+        await holding.rollback()
+        assert [r.status_code for r in answered] == [503] * len(sends)
+        written = await blocker.fetchval(
+            "SELECT count(*) FROM twin_history WHERE kind = 'reported'"
+        )
+        assert written == 0
+    finally:
+        await blocker.close()
