@@ -48,7 +48,8 @@ class TwinReads:
     async def get_twin(
         self, *, tenant_id: str, device_id: str, stale_after: timedelta
     ) -> TwinDocument:
-        """``twins.get_twin``, read together with the other reads waiting."""
+        """The operator's twin document (404 unless the device is in this tenant), read
+        together with the other reads waiting."""
         if self._closed:
             raise ServiceUnavailable("the service is shutting down")
         read = _Read(tenant_id, device_id, asyncio.get_running_loop().create_future())
