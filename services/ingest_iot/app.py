@@ -16,6 +16,7 @@ from ingest_iot import routes
 from ingest_iot.bridge import ReportBridge
 from ingest_iot.metrics import DESIRED_LAG
 from ingest_iot.publisher import DesiredPublisher
+from ingest_iot.report_batcher import HttpReportBatcher
 from shared import db
 from shared.dynsec import dynsec_session
 from shared.mqtt import BrokerLink, parse_mqtt_url
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.database_url, application_name="ingest_iot", max_size=settings.pool_max_size
         )
         bridge = ReportBridge(pool, settings)
+        batcher = HttpReportBatcher(pool, limits=settings.limits, max_batch=_max_report_batch())
 
         async def on_connect() -> None:
             publisher.broker_connected()
@@ -79,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         publisher = DesiredPublisher(pool, link, settings.database_url)
         bridge.link = link
         app.state.pool, app.state.link, app.state.publisher = pool, link, publisher
+        app.state.report_batcher = batcher
         app.state.broker = link  # the name shared.web samples for /metrics, as in ui_iot
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -86,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
                     tasks.create_task(link.run(), name="broker-link"),
                     tasks.create_task(publisher.run(), name="desired-publisher"),
                     tasks.create_task(_sample_desired_lag(pool), name="desired-lag"),
+                    tasks.create_task(batcher.run(), name="http-report-batcher"),
                 ]
                 try:
                     yield
@@ -118,10 +122,11 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _max_report_batch() -> int:
-    """Reports applied per transaction at most (``IOTCLOUD_INGEST_BATCH``, default 500).
+    """Reports applied per transaction at most (``IOTCLOUD_INGEST_BATCH``, default 500), by
+    the MQTT bridge and the HTTP report batcher alike.
 
-    The broker caps it too: it has at most its in-flight window of unacknowledged QoS 1
-    messages out to this session at any time.
+    The broker caps the bridge's too: it has at most its in-flight window of unacknowledged
+    QoS 1 messages out to this session at any time.
     """
     raw = os.environ.get("IOTCLOUD_INGEST_BATCH", "")
     return int(raw) if raw.isdigit() and int(raw) > 0 else 500

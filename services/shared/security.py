@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -70,6 +71,12 @@ class InvalidToken(Exception):
 
 def decode_token(token: str, *, secret: str) -> Principal:
     """Validate strictly: pinned algorithm, signature, ``exp`` required, typed claims."""
+    return _decode(token, secret)[0]
+
+
+def _decode(token: str, secret: str) -> tuple[Principal, int]:
+    """The principal and the token's expiry (epoch seconds), after :func:`decode_token`'s
+    checks."""
     try:
         claims = jwt.decode(
             token,
@@ -84,7 +91,29 @@ def decode_token(token: str, *, secret: str) -> Principal:
         raise InvalidToken("malformed claims")
     if not isinstance(sub, str) or not sub.isdigit():
         raise InvalidToken("malformed subject")
-    return Principal(user_id=int(sub), email=email, tenant_id=tenant, role=cast(Role, role))
+    principal = Principal(user_id=int(sub), email=email, tenant_id=tenant, role=cast(Role, role))
+    return principal, int(claims["exp"])  # PyJWT has checked that it is an integer
+
+
+VERIFIED_TOKENS_CACHED = 4096
+
+
+@functools.lru_cache(maxsize=VERIFIED_TOKENS_CACHED)
+def _verified(token: str, secret: str) -> tuple[Principal, int]:
+    # Only tokens that passed every check are kept (an exception is never cached), keyed by
+    # the exact token string and secret: any other string, forged or not, is decoded anew.
+    return _decode(token, secret)
+
+
+def verify_token(token: str, *, secret: str) -> Principal:
+    """:func:`decode_token` for the request path: a token that passed once is not decoded
+    and its signature not recomputed again while it is cached, but its expiry is still
+    checked on every use (as PyJWT does: expired once ``exp <= now``). Nothing else about a
+    verified token can change with time (``iat`` and ``nbf`` only ever become more valid)."""
+    principal, expires_at = _verified(token, secret)
+    if expires_at <= time.time():
+        raise InvalidToken("Signature has expired")
+    return principal
 
 
 def new_provision_token() -> str:

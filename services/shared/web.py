@@ -90,7 +90,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def json_body(request: Request) -> Any:
     """Decode a JSON body with orjson: malformed or too deeply nested is 422, never a 500."""
-    raw = await request.body()
+    return decode_json(await request.body())
+
+
+def decode_json(raw: bytes) -> Any:
+    """:func:`json_body` for a body already read."""
     if not raw:
         raise Unprocessable("request body must be JSON")
     try:
@@ -115,10 +119,18 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await self._reject(send)
                 return
+            if name == b"transfer-encoding":
+                chunked = True
+        if not chunked:
+            # The body is the declared Content-Length (none declared: no body), and the
+            # server passes on no more than that: nothing left to count.
+            await self.app(scope, receive, send)
+            return
         seen = 0
 
         async def limited_receive() -> Message:
@@ -154,6 +166,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, *, service: str) -> None:
         self.app = app
         self.service = service
+        # Each label set's histogram, looked up once (``labels()`` costs a lock per call).
+        self._observe: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,10 +186,13 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_measured)
         finally:
             # The router records the matched route in this same scope.
-            path = getattr(scope.get("route"), "path", "unmatched")
-            REQUEST_LATENCY.labels(self.service, path, scope["method"], str(status)).observe(
-                time.perf_counter() - started
-            )
+            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
+            observe = self._observe.get(key)
+            if observe is None:
+                path, method, _ = key
+                histogram = REQUEST_LATENCY.labels(self.service, path, method, str(status))
+                observe = self._observe[key] = histogram.observe
+            observe(time.perf_counter() - started)
 
 
 def install_metrics(app: FastAPI, *, service: str) -> None:

@@ -46,11 +46,19 @@ async def test_tokens_are_validated_strictly(stack: Stack) -> None:
         "bad role": jwt.encode({**claims, "role": "root"}, secret, algorithm="HS256"),
         "HS512": jwt.encode(claims, secret, algorithm="HS512"),
     }
+    device_id = (await stack.device(headers))["device_id"]
+    urls = ("/customer/devices", f"/customer/devices/{device_id}/twin")
+    # The good token is verified once and then cached: none of the others rides on it.
+    for url in urls:
+        assert (await stack.ui.get(url, headers=headers)).status_code == 200
     for name, token in forged.items():
         auth = {"Authorization": f"Bearer {token}"} if token else {}
-        response = await stack.ui.get("/customer/devices", headers=auth)
-        assert response.status_code == 401, name
-        assert "Traceback" not in response.text
+        for url in urls:
+            response = await stack.ui.get(url, headers=auth)
+            assert response.status_code == 401, (name, url)
+            assert "Traceback" not in response.text
+    for url in urls:
+        assert (await stack.ui.get(url, headers=headers)).status_code == 200
 
 
 async def test_roles_are_enforced(stack: Stack) -> None:

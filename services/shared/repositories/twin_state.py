@@ -33,18 +33,21 @@ async def touch(conn: Connection, *, device_id: str) -> int:
 _DOCUMENT_COLUMNS = f"""{_TWIN_COLUMNS}, s.desired_metadata, s.reported_metadata"""
 
 
-async def get_document(
-    conn: Connection, *, tenant_id: str, device_id: str
-) -> asyncpg.Record | None:
-    """The twin, its metadata, the device's model id and that model's reported schema."""
-    return await conn.fetchrow(
+async def get_documents(
+    conn: Connection, *, tenant_ids: list[str], device_ids: list[str]
+) -> list[asyncpg.Record]:
+    """The twins of these (tenant_id, device_id) pairs, in one statement, each with its
+    metadata, its device's model id and that model's reported schema: a row for each pair
+    that names a twin (a device id of another tenant names none)."""
+    return await conn.fetch(
         f"""SELECT {_DOCUMENT_COLUMNS}, d.model_id, m.reported_schema
             FROM device_state s
             JOIN devices d USING (device_id)
             LEFT JOIN device_models m ON m.tenant_id = d.tenant_id AND m.model_id = d.model_id
-            WHERE s.device_id = $1 AND s.tenant_id = $2""",  # noqa: S608 - fixed column list
-        device_id,
-        tenant_id,
+            WHERE (s.tenant_id, s.device_id) IN
+                  (SELECT * FROM unnest($1::text[], $2::text[]))""",  # noqa: S608 - fixed columns
+        tenant_ids,
+        device_ids,
     )
 
 

@@ -68,20 +68,6 @@ def _enforce_limits(document: Any, limits: twin.Limits, *, what: str) -> None:
         raise (TooLarge if exc.too_large else Unprocessable)(str(exc)) from exc
 
 
-async def get_twin(
-    conn: Connection, *, tenant_id: str, device_id: str, stale_after: timedelta
-) -> TwinDocument:
-    row = await twin_state.get_document(conn, tenant_id=tenant_id, device_id=device_id)
-    if row is None:
-        raise NotFound(f"device {device_id!r} not found")
-    return twin_document(
-        row,
-        stale_after=stale_after,
-        model_id=row["model_id"],
-        reported_schema=row["reported_schema"],
-    )
-
-
 async def patch_desired(
     conn: Connection,
     *,

@@ -2,34 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db import transaction
 from shared.errors import NotFound, PreconditionFailed, Unprocessable
 from shared.repositories import devices as devices_repo
-from shared.security import Principal
 from shared.services import broker_accounts, device_profiles, devices, history, twins
 from shared.services.history import Actor
-from shared.web import json_body, json_body_schema
-from ui_iot.deps import Admin, AppSettings, Conn, Link, Operator, Pool, Viewer, principal
+from shared.services.twin_reads import TwinReads
+from shared.settings import Settings
+from shared.web import ORJSONResponse, json_body, json_body_schema
+from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
 
 
-async def _possible_device_id(
-    request: Request, _: Annotated[Principal, Depends(principal)]
-) -> None:
-    """An id no device can have (e.g. with a NUL byte, which PostgreSQL text cannot hold) is
-    a plain 404, checked after authentication so it reveals nothing to strangers."""
-    device_id = request.path_params.get("device_id")
-    if device_id is not None and not devices.DEVICE_ID_RE.match(device_id):
-        raise NotFound(f"device {device_id!r} not found")
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Twin reads are coalesced (``shared.services.twin_reads``) by a loop of each app's,
+    started once the app's pool exists (FastAPI runs a router's lifespan inside its app's)."""
+    app.state.twin_reads = reads = TwinReads(app.state.pool)
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(reads.run(), name="twin-reads")
+        try:
+            yield
+        finally:
+            running.cancel()
 
 
-router = APIRouter(
-    prefix="/customer/devices", tags=["devices"], dependencies=[Depends(_possible_device_id)]
-)
+router = APIRouter(prefix="/customer/devices", tags=["devices"], lifespan=_lifespan)
 
 _DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
@@ -69,6 +74,11 @@ _PATCH_DESIRED_BODY = json_body_schema(
 )
 
 
+def _settings(request: Request) -> Settings:
+    value: Settings = request.app.state.settings
+    return value
+
+
 def _etag(version: int) -> str:
     return f'"{version}"'
 
@@ -90,6 +100,43 @@ def _parse_if_match(value: str | None) -> int | None:
             f"If-Match must be one entity tag like '\"3\"' (or *), got {value!r}"
         )
     return int(text)
+
+
+def _twin_reads(request: Request) -> TwinReads:
+    reads: TwinReads = request.app.state.twin_reads
+    return reads
+
+
+# The hottest route comes first: FastAPI tries a router's routes in order, twice per request.
+# It also takes no parameters for FastAPI to resolve (a fifth of its cost): it authenticates
+# with the same ``Caller`` itself and declares its parameter and security scheme to OpenAPI.
+@router.get(
+    "/{device_id}/twin",
+    response_model=dict[str, Any],
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "device_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "title": "Device Id"},
+            }
+        ],
+        "security": [{VIEWER.scheme_name: []}],
+    },
+    responses={
+        401: {"description": "missing, invalid or expired token"},
+        404: {"description": "no such device in your tenant"},
+    },
+)
+async def get_twin(request: Request) -> Response:
+    who = await VIEWER(request)
+    device_id: str = request.path_params["device_id"]
+    document = await _twin_reads(request).get_twin(
+        tenant_id=who.tenant_id, device_id=device_id, stale_after=_settings(request).stale_after
+    )
+    # Rendered here: FastAPI's own serialisation (jsonable_encoder) walks the whole document.
+    return ORJSONResponse(document, headers={"ETag": _etag(document["desired_version"])})
 
 
 @router.get("")
@@ -190,17 +237,6 @@ async def rotate_token(device_id: str, who: Admin, pool: Pool, link: Link) -> di
     return {"provision_token": token}
 
 
-@router.get("/{device_id}/twin")
-async def get_twin(
-    device_id: str, who: Viewer, conn: Conn, settings: AppSettings, response: Response
-) -> dict[str, Any]:
-    document = await twins.get_twin(
-        conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
-    )
-    response.headers["ETag"] = _etag(document["desired_version"])
-    return document
-
-
 @router.patch("/{device_id}/twin/desired", openapi_extra=_PATCH_DESIRED_BODY)
 async def patch_desired(
     device_id: str,
@@ -245,11 +281,9 @@ async def get_history(
 
 
 @router.get("/{device_id}/twin/delta")
-async def get_delta(
-    device_id: str, who: Viewer, conn: Conn, settings: AppSettings
-) -> dict[str, Any]:
-    document = await twins.get_twin(
-        conn, tenant_id=who.tenant_id, device_id=device_id, stale_after=settings.stale_after
+async def get_delta(device_id: str, who: Viewer, request: Request) -> dict[str, Any]:
+    document = await _twin_reads(request).get_twin(
+        tenant_id=who.tenant_id, device_id=device_id, stale_after=_settings(request).stale_after
     )
     return {
         "device_id": device_id,
