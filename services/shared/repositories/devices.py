@@ -261,22 +261,3 @@ async def update_profile(
         change_model,
     )
     return count
-
-
-async def resolve_tokens(conn: Connection, token_hashes: list[bytes]) -> list[asyncpg.Record]:
-    """The live devices holding these tokens, marked seen in one statement (a batch's
-    ``resolve_token``); their twins are locked in device id order, as every multi-row writer
-    locks them. Unknown or revoked tokens have no row."""
-    return await conn.fetch(
-        """WITH holders AS (
-               SELECT d.token_hash, d.device_id, d.tenant_id
-               FROM devices d JOIN device_state s ON s.device_id = d.device_id
-               WHERE d.token_hash = ANY($1::bytea[]) AND d.revoked_at IS NULL
-               ORDER BY d.device_id
-               FOR UPDATE OF s)
-           UPDATE device_state s SET last_seen = now()
-           FROM holders h
-           WHERE s.device_id = h.device_id
-           RETURNING h.token_hash, h.device_id, h.tenant_id""",
-        token_hashes,
-    )

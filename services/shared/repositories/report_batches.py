@@ -1,4 +1,5 @@
-"""SQL of batched reports (``shared.services.report_batches``): a few statements per batch."""
+"""SQL of batched reports (``shared.services.report_batches``): two statements per batch,
+one that locks the twins and one that writes them with their history."""
 
 from __future__ import annotations
 
@@ -32,7 +33,25 @@ async def lock_live_twins(
     )
 
 
-async def write_reported_many(
+async def lock_token_holders(conn: Connection, token_hashes: list[bytes]) -> list[asyncpg.Record]:
+    """:func:`lock_live_twins` for reports addressed by provision token (the HTTP device
+    API): the twins of the live devices holding these tokens, each row with its
+    ``token_hash``. Unknown or revoked tokens have no row."""
+    return await conn.fetch(
+        """SELECT d.token_hash, s.device_id, s.tenant_id, s.reported_state,
+                  s.reported_metadata, s.reported_version, s.desired_version, d.model_id,
+                  m.reported_schema, now() AS now
+           FROM devices d
+           JOIN device_state s ON s.device_id = d.device_id AND s.tenant_id = d.tenant_id
+           LEFT JOIN device_models m ON m.tenant_id = d.tenant_id AND m.model_id = d.model_id
+           WHERE d.token_hash = ANY($1::bytea[]) AND d.revoked_at IS NULL
+           ORDER BY s.device_id
+           FOR UPDATE OF s""",
+        token_hashes,
+    )
+
+
+async def write_reported_batch(
     conn: Connection,
     *,
     device_ids: list[str],
@@ -40,56 +59,48 @@ async def write_reported_many(
     reported: list[dict[str, Any] | None],
     metadata: list[dict[str, Any] | None],
     versions: list[int | None],
+    history: list[tuple[str, str, int, dict[str, Any]]],
+    actor_type: str,
+    actor_email: str | None,
+    at: datetime,
 ) -> None:
-    """Each device's final reported state of the batch; every device is marked seen.
+    """One statement for a whole batch: each device's final reported state, every device
+    marked seen, and one twin_history row per accepted report (``history``: tenant id,
+    device id, version, patch), inserted (so numbered) in delivery order.
 
     A device whose reports were all rejected (``written`` false) is only marked seen, as
     ``twin_state.touch`` does, so its twin and ``shadow_updated_at`` stay as they were.
     """
     await conn.execute(
-        """UPDATE device_state s
-           SET reported_state = CASE WHEN w.written THEN w.reported ELSE s.reported_state END,
-               reported_metadata =
-                   CASE WHEN w.written THEN w.metadata ELSE s.reported_metadata END,
-               reported_version =
-                   CASE WHEN w.written THEN w.version ELSE s.reported_version END,
-               shadow_updated_at =
-                   CASE WHEN w.written THEN now() ELSE s.shadow_updated_at END,
-               last_seen = now()
-           FROM unnest($1::text[], $2::boolean[], $3::jsonb[], $4::jsonb[], $5::bigint[])
-                AS w (device_id, written, reported, metadata, version)
-           WHERE s.device_id = w.device_id""",
+        """WITH twins AS (
+               UPDATE device_state s
+               SET reported_state =
+                       CASE WHEN w.written THEN w.reported ELSE s.reported_state END,
+                   reported_metadata =
+                       CASE WHEN w.written THEN w.metadata ELSE s.reported_metadata END,
+                   reported_version =
+                       CASE WHEN w.written THEN w.version ELSE s.reported_version END,
+                   shadow_updated_at =
+                       CASE WHEN w.written THEN now() ELSE s.shadow_updated_at END,
+                   last_seen = now()
+               FROM unnest($1::text[], $2::boolean[], $3::jsonb[], $4::jsonb[], $5::bigint[])
+                    AS w (device_id, written, reported, metadata, version)
+               WHERE s.device_id = w.device_id)
+           INSERT INTO twin_history
+               (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
+           SELECT h.tenant_id, h.device_id, 'reported', $10, $11, h.version, h.patch, $12
+           FROM unnest($6::text[], $7::text[], $8::bigint[], $9::jsonb[])
+                WITH ORDINALITY AS h (tenant_id, device_id, version, patch, n)
+           ORDER BY h.n""",
         device_ids,
         written,
         reported,
         metadata,
         versions,
-    )
-
-
-async def record_reported_history(
-    conn: Connection,
-    *,
-    tenant_ids: list[str],
-    device_ids: list[str],
-    versions: list[int],
-    patches: list[dict[str, Any]],
-    actor_type: str,
-    actor_email: str | None,
-    at: datetime,
-) -> None:
-    """One twin_history row per accepted report, inserted (so numbered) in delivery order."""
-    await conn.execute(
-        """INSERT INTO twin_history
-               (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
-           SELECT w.tenant_id, w.device_id, 'reported', $5, $6, w.version, w.patch, $7
-           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::jsonb[])
-                WITH ORDINALITY AS w (tenant_id, device_id, version, patch, n)
-           ORDER BY w.n""",
-        tenant_ids,
-        device_ids,
-        versions,
-        patches,
+        [tenant_id for tenant_id, _, _, _ in history],
+        [device_id for _, device_id, _, _ in history],
+        [version for _, _, version, _ in history],
+        [patch for _, _, _, patch in history],
         actor_type,
         actor_email,
         at,

@@ -1,10 +1,11 @@
-"""The batch twin of :func:`shared.services.twins.apply_report`, for the MQTT bridge.
+"""The batch twin of :func:`shared.services.twins.apply_report`, for the MQTT bridge and the
+HTTP device API's group commit.
 
-Under load the bridge applies every report that has arrived as one unit of work: one
-statement locks all their twins (in device id order, like every other multi-row writer), the
-reports are applied in memory in delivery order — several of one device apply one after
-another, each seeing the last — and one UPDATE and one INSERT write the result. A single
-report costs three or four round trips and a commit; a batch of hundreds costs four and one.
+Under load every report that has arrived is applied as one unit of work: one statement
+locks all their twins (in device id order, like every other multi-row writer), the reports
+are applied in memory in delivery order — several of one device apply one after another,
+each seeing the last — and one statement writes the twins and their history. A single
+report costs three or four round trips and a commit; a batch of hundreds costs two and one.
 
 Every rule is ``shared.twin``'s (version rule, merge patch, limits, per-leaf metadata, JSON
 Schema) and every effect mirrors ``apply_report`` plus the bridge's handling of a refused
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import orjson
 
 from shared import twin
@@ -115,15 +117,29 @@ async def apply_reports(
     conn: Connection, reports: Sequence[IncomingReport], *, limits: twin.Limits, actor: Actor
 ) -> list[AppliedReport]:
     """Apply reports in delivery order; one result per report. Call inside a transaction."""
-    parsed = [parse_payload(report.payload, limits) for report in reports]
     addressed = dict.fromkeys((report.tenant_id, report.device_id) for report in reports)
     rows = await repo.lock_live_twins(
         conn,
         tenant_ids=[tenant_id for tenant_id, _ in addressed],
         device_ids=[device_id for _, device_id in addressed],
     )
+    return await apply_to_locked(conn, rows, reports, limits=limits, actor=actor)
+
+
+async def apply_to_locked(
+    conn: Connection,
+    rows: Sequence[asyncpg.Record],
+    reports: Sequence[IncomingReport],
+    *,
+    limits: twin.Limits,
+    actor: Actor,
+) -> list[AppliedReport]:
+    """Apply reports to twins this transaction has locked (``rows`` as
+    ``repo.lock_live_twins`` returns them); a report of a twin not among them is foreign.
+    Every twin in ``rows`` is marked seen, whether or not a report of it applies."""
     if not rows:
         return [AppliedReport("foreign", None) for _ in reports]
+    parsed = [parse_payload(report.payload, limits) for report in reports]
     now: datetime = rows[0]["now"]
     twins = {
         row["device_id"]: _Twin(
@@ -137,7 +153,7 @@ async def apply_reports(
         for row in rows
     }
     results: list[AppliedReport] = []
-    history: list[tuple[str, str, Report]] = []
+    history: list[tuple[str, str, int, dict[str, JSON]]] = []
     for incoming, report in zip(reports, parsed, strict=True):
         state = twins.get(incoming.device_id)
         if state is None or state.tenant_id != incoming.tenant_id:
@@ -146,27 +162,22 @@ async def apply_reports(
         results.append(_apply_one(state, report, limits=limits, at=now))
         if results[-1].accepted:
             assert isinstance(report, Report)
-            history.append((incoming.tenant_id, incoming.device_id, report))
+            history.append(
+                (incoming.tenant_id, incoming.device_id, report.version, report.reported)
+            )
     device_ids = sorted(twins)
-    await repo.write_reported_many(
+    await repo.write_reported_batch(
         conn,
         device_ids=device_ids,
         written=[twins[device_id].written for device_id in device_ids],
         reported=[twins[d].reported if twins[d].written else None for d in device_ids],
         metadata=[twins[d].metadata if twins[d].written else None for d in device_ids],
         versions=[twins[d].reported_version if twins[d].written else None for d in device_ids],
+        history=history,
+        actor_type=actor.type,
+        actor_email=actor.email,
+        at=now,
     )
-    if history:
-        await repo.record_reported_history(
-            conn,
-            tenant_ids=[tenant_id for tenant_id, _, _ in history],
-            device_ids=[device_id for _, device_id, _ in history],
-            versions=[report.version for _, _, report in history],
-            patches=[report.reported for _, _, report in history],
-            actor_type=actor.type,
-            actor_email=actor.email,
-            at=now,
-        )
     return results
 
 

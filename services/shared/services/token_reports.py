@@ -2,10 +2,11 @@
 
 The MQTT bridge knows each report's device from its topic; an HTTP report only carries a
 token. This is :func:`shared.services.report_batches.apply_reports` with the token check in
-front: one statement resolves every token of the batch and marks its device seen (what
-``devices.resolve_token`` does for one), then the batch twin rules apply the reports of the
-devices found. A report refused before it was read (413, 422) comes with no payload: its
-device is only marked seen, as a single refused report leaves it.
+front: one statement resolves every token of the batch and locks its device's twin, then the
+batch twin rules apply the reports of the devices found and one statement writes them, each
+device marked seen (what ``devices.resolve_token`` does for one). A report refused before
+it was read (413, 422) comes with no payload: its device is only marked seen, as a single
+refused report leaves it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 
 from shared import twin
 from shared.db import Connection
-from shared.repositories import devices as devices_repo
+from shared.repositories import report_batches as repo
 from shared.services.history import Actor
-from shared.services.report_batches import AppliedReport, IncomingReport, apply_reports
+from shared.services.report_batches import AppliedReport, IncomingReport, apply_to_locked
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ async def apply_token_reports(
 ) -> list[TokenReportResult]:
     """Authenticate, mark seen and apply, in arrival order; one result per report. Call
     inside a transaction."""
-    holders = await devices_repo.resolve_tokens(
+    holders = await repo.lock_token_holders(
         conn, list(dict.fromkeys(report.token_hash for report in reports))
     )
     devices = {row["token_hash"]: (row["tenant_id"], row["device_id"]) for row in holders}
@@ -56,9 +57,8 @@ async def apply_token_reports(
         for report in reports
         if report.payload is not None and report.token_hash in devices
     ]
-    applied = iter(
-        await apply_reports(conn, incoming, limits=limits, actor=actor) if incoming else ()
-    )
+    # Every holder is marked seen, also one whose report came without a payload.
+    applied = iter(await apply_to_locked(conn, holders, incoming, limits=limits, actor=actor))
     results: list[TokenReportResult] = []
     for report in reports:
         if report.token_hash not in devices:
