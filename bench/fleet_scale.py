@@ -49,6 +49,7 @@ STATE_COLUMNS = [
     "desired_version",
     "reported_state",
     "reported_version",
+    "published_version",
     "last_seen",
     "shadow_updated_at",
 ]
@@ -69,10 +70,13 @@ def device_rows(first: int, last: int) -> Iterator[tuple[Any, ...]]:
 
 
 def state_rows(first: int, last: int, now: datetime) -> Iterator[tuple[Any, ...]]:
+    """A third pending. Each desired state counts as already published: the running
+    ingest_iot's publisher would otherwise send a million retained messages during the
+    reads, which measures that, not them."""
     desired, reported = {"interval_s": 60}, {"interval_s": 30}
     for i in range(first, last + 1):
-        pending = i % 3 == 0
-        yield (f"f-{i:07d}", TENANT, desired, 2 if pending else 1, reported, 1, now, now)
+        version = 2 if i % 3 == 0 else 1
+        yield (f"f-{i:07d}", TENANT, desired, version, reported, 1, version, now, now)
 
 
 def rss_mib(pid: int) -> float:
@@ -98,6 +102,8 @@ async def load(url: str, first: int, last: int) -> float:
             )
         await conn.execute("VACUUM ANALYZE devices")
         await conn.execute("VACUUM ANALYZE device_state")
+        # The load's WAL flushed now, not by a checkpoint in the middle of the measurements.
+        await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
     return time.perf_counter() - started
