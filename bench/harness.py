@@ -47,6 +47,7 @@ __all__ = [
     "machine",
     "operator_headers",
     "percentile",
+    "postmaster_pid",
     "profile",
     "ratio",
     "scratch",
@@ -160,6 +161,13 @@ def tree_cpu_seconds(root: int) -> float:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == root:
                 total += cpu_seconds(int(stat.parent.name))
     return total
+
+
+async def postmaster_pid(conn: db.Connection) -> int:
+    """The PostgreSQL server's main process: the parent of every backend."""
+    backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+    stat = Path(f"/proc/{backend}/stat").read_text()  # noqa: ASYNC240 - a tiny file
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -30,7 +30,16 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as paho
-from harness import Scratch, cpu_seconds, machine, profile, ratio, scratch, tree_cpu_seconds
+from harness import (
+    Scratch,
+    cpu_seconds,
+    machine,
+    postmaster_pid,
+    profile,
+    ratio,
+    scratch,
+    tree_cpu_seconds,
+)
 
 from iotcloud import embedded
 from shared import db
@@ -126,19 +135,17 @@ def batch_line(reports: int, batches: float) -> str:
     return f"{batches:,.0f} transactions, {reports / batches:.0f} reports each on average"
 
 
-async def postmaster_pid(database_url: str) -> int:
+async def server_pid(database_url: str) -> int:
     conn = await db.connect(database_url, application_name="bench")
     try:
-        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
-        stat = Path(f"/proc/{backend}/stat").read_text()  # noqa: ASYNC240 - a tiny file
-        return int(stat.rsplit(")", 1)[1].split()[1])
+        return await postmaster_pid(conn)
     finally:
         await conn.close()
 
 
 async def bare_run(lab: Scratch, devices: int, burst: int) -> tuple[float, dict[str, float]]:
     expected = devices * burst
-    meter = CpuMeter(lab, await postmaster_pid(lab.database_url), "bare subscriber", os.getpid())
+    meter = CpuMeter(lab, await server_pid(lab.database_url), "bare subscriber", os.getpid())
     with BareSubscriber(lab.broker.url) as bare:
         await lab.simulate(*simulate_args(devices, burst), on_connected=meter.connected)
         deadline = time.monotonic() + 60
@@ -175,9 +182,7 @@ async def ingest_run(
     try:
         await ingest.wait_ready()
         assert ingest.process is not None
-        meter = CpuMeter(
-            lab, await postmaster_pid(lab.database_url), "ingest_iot", ingest.process.pid
-        )
+        meter = CpuMeter(lab, await server_pid(lab.database_url), "ingest_iot", ingest.process.pid)
         conn = await db.connect(lab.database_url, application_name="bench")
         try:
             bursting = asyncio.Event()

@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parent
 
 SUITE = [
     ["ingest.py"],
+    ["report_batch.py"],
     ["fanout.py"],
     ["http_api.py"],
     ["fleet_scale.py"],

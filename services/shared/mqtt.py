@@ -290,8 +290,8 @@ class BrokerLink:
             timeout=5,
             # QoS 1 messages out to the broker unacknowledged (paho's default is 20). Past
             # the window paho queues them until PUBACKs free it, and PUBACKs are read only
-            # between two batches: with 20, a burst's replies piled up in paho's queue until
-            # its 16-bit message ids ran out ("message queue full").
+            # when the event loop is free of a batch's work: with 20, a burst's replies piled
+            # up in paho's queue until its 16-bit message ids ran out ("message queue full").
             max_inflight_messages=_PUBLISH_WINDOW,
             logger=_client_log,
             socket_options=NO_DELAY,
