@@ -123,34 +123,33 @@ async def _mqtt_loop(
     desired: dict[str, object],
 ) -> None:
     sample = 0
+    topic = reported_topic(tenant_id, device_id)
+
+    def report_body(state: dict[str, object]) -> bytes:
+        return orjson.dumps({"reported": state, "version": version})
 
     async def report(state: dict[str, object]) -> None:
-        body = {"reported": state, "version": version}
-        await client.publish(reported_topic(tenant_id, device_id), orjson.dumps(body), qos=1)
+        await client.publish(topic, report_body(state), qos=1)
         counters.reports_sent += 1
 
-    def reading() -> bytes:
+    def reading() -> dict[str, object]:
         nonlocal sample
         sample += 1  # lets a benchmark check that each device's readings applied in order
-        temperature = round(random.uniform(18, 26), 2)  # noqa: S311
-        body = {"reported": {"temperature_c": temperature, "sample": sample}, "version": version}
-        return orjson.dumps(body)
+        return {"temperature_c": round(random.uniform(18, 26), 2), "sample": sample}  # noqa: S311
 
     async def readings() -> None:
         if burst > 0:
             await counters.all_connected.wait()
             # Back to back, as a device flushing what it buffered offline: paho keeps its
             # in-flight window full, and each reading counts once the broker acknowledged it.
-            topic = reported_topic(tenant_id, device_id)
-            sent = [publish_nowait(client, topic, reading()) for _ in range(burst)]
+            sent = [publish_nowait(client, topic, report_body(reading())) for _ in range(burst)]
             for info in sent:
                 while not info.is_published():  # noqa: ASYNC110 - paho offers no awaitable
                     await asyncio.sleep(0.01)
                 counters.reports_sent += 1
         while rate > 0:
             await asyncio.sleep(random.expovariate(rate))
-            await client.publish(reported_topic(tenant_id, device_id), reading(), qos=1)
-            counters.reports_sent += 1
+            await report(reading())
 
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(readings(), name=f"{device_id}-readings")
