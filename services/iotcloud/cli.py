@@ -187,9 +187,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from shared.runtime import tune_garbage_collector
     from shared.settings import Settings
+    from shared.tls import TlsFiles, ensure_server_certificate
 
     os.environ.setdefault("DATABASE_URL", database_url())
     os.environ.setdefault("MQTT_URL", mqtt_url())
+    tls: TlsFiles | None = None
     if args.service == "ui":
         from ui_iot.app import create_app
 
@@ -200,6 +202,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         settings = Settings.from_env(application="ingest_iot")
         app, port = create_ingest(settings), args.port or settings.ingest_port
+        if os.environ.get("IOTCLOUD_INGEST_TLS", "") in {"1", "true", "yes"}:
+            # The broker's certificate: a device trusts one ca.pem for MQTT and HTTPS.
+            tls = ensure_server_certificate(project_home())
     tune_garbage_collector()
     uvicorn.run(
         app,
@@ -209,6 +214,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         http="httptools",
         log_level=os.environ.get("IOTCLOUD_LOG_LEVEL", "warning"),
         access_log=False,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
     )
 
 

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shared.settings import SettingsError
+
 CA_LIFETIME = timedelta(days=3650)
 # What browsers and Apple accept for a server certificate; re-issued well before its end.
 SERVER_LIFETIME = timedelta(days=397)
@@ -39,7 +41,7 @@ BACKDATE = timedelta(minutes=5)
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class TlsError(RuntimeError):
+class TlsError(SettingsError):
     """The configured certificate or key cannot be used (the message names the setting)."""
 
 
