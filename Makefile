@@ -7,9 +7,31 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 FRONTEND_STAMP := frontend/node_modules/.installed-stamp
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
 
-.PHONY: setup run test test-python test-frontend test-browser lint bench bench-tools clean
 
-setup: $(STAMP) frontend/dist/index.html
+.PHONY: broker-plugin setup run test test-python test-frontend test-browser lint bench bench-tools clean
+
+setup: $(STAMP) frontend/dist/index.html broker-plugin
+
+# The broker's auth plugin (broker/iotcloud_auth.c): needs a C compiler and the headers of
+# Mosquitto, libpq and OpenSSL. Installed from Debian's packages when root on apt; elsewhere
+# `iotcloud up` falls back to the in-process broker, which keeps the same rules.
+PLUGIN := build/iotcloud_auth.so
+PLUGIN_HEADERS := /usr/include/mosquitto_broker.h /usr/include/mosquitto.h
+broker-plugin:
+	@if [ -f $(PLUGIN) ] && [ $(PLUGIN) -nt broker/iotcloud_auth.c ]; then exit 0; fi; \
+	missing=""; \
+	[ -f /usr/include/mosquitto_broker.h ] || missing="$$missing mosquitto-dev"; \
+	[ -f /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
+	command -v pg_config >/dev/null 2>&1 && [ -f "$$(pg_config --includedir)/libpq-fe.h" ] || missing="$$missing libpq-dev"; \
+	[ -f /usr/include/openssl/evp.h ] || missing="$$missing libssl-dev"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing$$missing (to build the broker plugin)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing gcc >/dev/null && missing=""; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "broker plugin not built (missing:$$missing): the embedded broker will be the in-process one"; exit 0; fi; \
+	mkdir -p build && $${CC:-cc} -std=c11 -D_POSIX_C_SOURCE=200809L -O2 -Wall -Wextra -Werror -fPIC -shared \
+	  -I"$$(pg_config --includedir)" -o $(PLUGIN) broker/iotcloud_auth.c -lpq -lcrypto && echo "built $(PLUGIN)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
@@ -59,4 +81,4 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 clean:
-	rm -rf $(VENV) frontend/node_modules frontend/dist
+	rm -rf $(VENV) frontend/node_modules frontend/dist build

@@ -60,9 +60,7 @@ async def main(writes: int, profiled_service: str | None) -> dict[str, float]:
     async with scratch() as lab:
         await lab.tenant(TENANT)
         (device_id, token), *_ = (
-            await provision_fleet(
-                lab.database_url, lab.broker.url, tenant_id=TENANT, device_ids=["fan-1"]
-            )
+            await provision_fleet(lab.database_url, tenant_id=TENANT, device_ids=["fan-1"])
         ).items()
         ui, ingest = lab.service("ui"), lab.service("ingest")
         ui.start()

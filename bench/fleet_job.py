@@ -25,10 +25,10 @@ from tests.support import build_template, drop_template, fresh_database, server_
 
 SEED = """
 WITH n AS (SELECT i FROM generate_series(1, $1::int) AS i)
-INSERT INTO devices (device_id, tenant_id, name, tags, token_hash, broker_salt, broker_hash)
+INSERT INTO devices (device_id, tenant_id, name, tags, token_hash)
 SELECT 'b-' || lpad(i::text, 7, '0'), 'bench', 'unit ' || i,
        jsonb_build_object('site', 'site-' || (i % 100)),
-       sha256(convert_to('b-' || i::text, 'UTF8')), 'salt', 'hash'
+       sha256(convert_to('b-' || i::text, 'UTF8'))
 FROM n
 """
 

@@ -39,8 +39,6 @@ DEVICE_COLUMNS = [
     "name",
     "tags",
     "token_hash",
-    "broker_salt",
-    "broker_hash",
 ]
 STATE_COLUMNS = [
     "device_id",
@@ -64,8 +62,6 @@ def device_rows(first: int, last: int) -> Iterator[tuple[Any, ...]]:
             f"unit {i}",
             {"site": f"site-{i % 100}"},
             token_hash,
-            "salt",
-            "hash",
         )
 
 

@@ -122,18 +122,20 @@ async def scratch(*, with_broker: bool = True) -> AsyncIterator[Scratch]:
     server = server_url()
     await build_template(server)
     home = Path(tempfile.mkdtemp(prefix="iotcloud-bench-"))
-    broker = Broker(home / "broker", free_port())
     failed = False
+    broker: Broker | None = None
     try:
-        if with_broker:
-            broker.start()
         async with fresh_database(server) as url:
+            broker = Broker(home / "broker", free_port(), url)
+            if with_broker:
+                broker.start()
             yield Scratch(url, broker, home)
     except BaseException:
         failed = True
         raise
     finally:
-        broker.kill()
+        if broker is not None:
+            broker.kill()
         await drop_template(server)
         if failed:
             print(f"(logs kept in {home})", file=sys.stderr)

@@ -121,7 +121,6 @@ async def main(connections: int, seconds: int, devices: int, profiled: str | Non
         await lab.tenant(TENANT)
         tokens = await provision_fleet(
             lab.database_url,
-            lab.broker.url,
             tenant_id=TENANT,
             device_ids=[f"http-{n:04d}" for n in range(devices)],
         )

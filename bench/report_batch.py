@@ -75,8 +75,8 @@ async def main(batches: int, size: int) -> None:
         conn = await db.connect(lab.database_url, application_name="bench")
         try:
             await conn.execute(
-                """INSERT INTO devices (device_id, tenant_id, token_hash, broker_salt, broker_hash)
-                   SELECT 'rb-' || lpad(i::text, 5, '0'), $1, sha256(i::text::bytea), 's', 'h'
+                """INSERT INTO devices (device_id, tenant_id, token_hash)
+                   SELECT 'rb-' || lpad(i::text, 5, '0'), $1, sha256(i::text::bytea)
                    FROM generate_series(0, $2 - 1) AS i""",
                 TENANT,
                 size,

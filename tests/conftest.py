@@ -51,8 +51,8 @@ async def database_url(pg_server: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    running = Broker(tmp_path / "broker", free_port())
+def broker(tmp_path: Path, database_url: str) -> Iterator[Broker]:
+    running = Broker(tmp_path / "broker", free_port(), database_url)
     running.start()
     try:
         yield running
@@ -135,7 +135,6 @@ async def running_stack(settings: Settings, broker: Broker) -> AsyncIterator[Sta
             transport=httpx.ASGITransport(ingest_app), base_url="http://ingest"
         ) as ingest,
     ):
-        await ui_app.state.broker.wait_connected(10)
         await ingest_app.state.link.wait_connected(10)
         yield Stack(settings, broker, ui, ingest, ui_app, ingest_app)
 

@@ -26,6 +26,7 @@ import httpx
 
 from iotcloud.embedded import EmbeddedBroker, EmbeddedPostgres
 from shared import db
+from shared.tls import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 # One template per test session, so concurrent sessions never drop each other's.
@@ -104,25 +105,25 @@ async def fresh_database(server: str) -> AsyncIterator[str]:
 
 @dataclass
 class Broker:
-    """A private Mosquitto with dynamic security on a free port."""
+    """A private Mosquitto with the project's auth plugin on a free port (its TLS listener
+    on another), its devices read from ``database_url``."""
 
     home: Path
     port: int
+    database_url: str
+    tls_port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def embedded(self) -> EmbeddedBroker:
-        return EmbeddedBroker(self.home, self.port)
+        return EmbeddedBroker(self.home, self.port, tls_port=self.tls_port)
 
     @property
     def url(self) -> str:
         return self.embedded.url
 
-    def start(self, accounts: list | None = None, *, rebuild: bool = True) -> None:  # type: ignore[type-arg]
-        if rebuild or not self.embedded.dynsec_file.exists():
-            argv = self.embedded.prepare(accounts or [])
-        else:
-            argv = ["mosquitto", "-c", str(self.embedded.config_file)]
+    def start(self, *, tls: TlsFiles | None = None) -> None:
+        argv = self.embedded.prepare(self.database_url, tls=tls)
         log = (self.home / "mosquitto.log").open("ab")
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10

@@ -18,10 +18,8 @@ from ingest_iot.metrics import DESIRED_LAG
 from ingest_iot.publisher import DesiredPublisher
 from ingest_iot.report_batcher import HttpReportBatcher
 from shared import db
-from shared.dynsec import dynsec_session
-from shared.mqtt import BrokerLink, parse_mqtt_url
+from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, parse_mqtt_url
 from shared.repositories import delivery
-from shared.services import broker_accounts
 from shared.settings import Settings
 from shared.topics import REPORTED_SUBSCRIPTION, SHARED_GROUP
 from shared.web import (
@@ -55,22 +53,11 @@ def create_app(settings: Settings) -> FastAPI:
 
         async def on_connect() -> None:
             publisher.broker_connected()
-            try:
-                # Its own connection: the link's may carry a backlog of reports to get through.
-                async with (
-                    dynsec_session(
-                        target.host, target.port, target.username, target.password
-                    ) as ctl,
-                    pool.acquire() as conn,
-                ):
-                    await broker_accounts.reconcile(ctl, conn)
-            except Exception as exc:  # housekeeping: never hold up the bridge for it
-                log.warning("broker account reconcile failed: %r", exc)
 
         target = parse_mqtt_url(settings.mqtt_url)
         link = BrokerLink(
             target,
-            client_id=f"ingest_iot-{replica_name()}",
+            client_id=f"{SERVICE_CLIENT_PREFIX}ingest_iot-{replica_name()}",
             subscriptions=(f"$share/{SHARED_GROUP}/{REPORTED_SUBSCRIPTION}",),
             on_messages=bridge.handle_batch,
             max_batch=_max_report_batch(),

@@ -1,31 +1,69 @@
 """Desired state out: the retained message of every device converges on the database.
 
-The database records which desired version has been published. One publisher at a time
-(a session advisory lock elects it among replicas) sends what is behind: woken by
-LISTEN/NOTIFY on every desired write, and in full after every broker (re)connect, since a
-restarted broker may have lost retained messages.
+The database records which desired version has been published, and when (a publish
+number). One publisher at a time (a session advisory lock elects it among replicas) sends
+what is behind, woken by LISTEN/NOTIFY on every desired write.
+
+After every broker (re)connect it reads the broker's retained delivery marker,
+``{"epoch", "seq"}``, which it re-publishes after each batch: a broker that restarted from
+its saved store holds every retained message numbered up to ``seq``, so only the later ones
+go out again. A broker without the marker (or with another epoch) is fresh: it gets a new
+epoch and every device's desired state, page by page in the background, resumable from the
+database (``broker_delivery.resync_after``); new writes go out between pages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
+import aiomqtt
 import asyncpg
 import orjson
 
 from ingest_iot.metrics import DESIRED_LAG, DESIRED_PUBLISHED
 from shared import db
-from shared.aio import wait_event
-from shared.mqtt import BrokerLink, backoff_delays
+from shared.aio import wait_event, within
+from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, MqttTarget, backoff_delays
 from shared.repositories import delivery
-from shared.topics import desired_topic
+from shared.topics import DELIVERY_MARKER_TOPIC, desired_topic
 
 log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 0x10_7C_0D_E5
 _BATCH = 500
+_RESYNC_PAGE = 200  # a new write waits for at most one page of a background fill
 _SAFETY_INTERVAL_S = 10.0
+
+
+async def read_marker(target: MqttTarget, *, timeout: float = 2.0) -> dict[str, object] | None:
+    """The broker's retained delivery marker, or None when it has none."""
+    async with aiomqtt.Client(
+        target.host,
+        target.port,
+        username=target.username,
+        password=target.password,
+        identifier=f"{SERVICE_CLIENT_PREFIX}marker-{uuid.uuid4().hex[:10]}",
+        timeout=timeout,
+    ) as client:
+        await client.subscribe(DELIVERY_MARKER_TOPIC, qos=1)
+
+        async def first() -> bytes:
+            async for message in client.messages:
+                return bytes(message.payload) if isinstance(message.payload, bytes) else b""
+            return b""
+
+        try:
+            # Mosquitto sends a retained message right after the SUBACK.
+            payload = await within(first(), 1.0)
+        except TimeoutError:
+            return None
+    try:
+        marker = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 class DesiredPublisher:
@@ -33,13 +71,19 @@ class DesiredPublisher:
         self._pool = pool
         self._link = link
         self._database_url = database_url
+        self._broker = link.target.display()
         self._wake = asyncio.Event()
-        self._full_pending = True
+        self._check_broker = True
+        self._epoch: str | None = None
+        self._resync = asyncio.Event()
+        self._publishing = asyncio.Lock()  # one page at a time: no older state after a newer
         self.leader = False
+        self.republished = 0  # after the last broker connect, for tests and metrics
 
     def broker_connected(self) -> None:
-        """Called on every broker (re)connect: republish everything once."""
-        self._full_pending = True
+        """Called on every broker (re)connect: find out what the broker kept."""
+        self._check_broker = True
+        self._epoch = None  # no marker moves until we know what this broker kept
         self._wake.set()
 
     async def run(self) -> None:
@@ -67,34 +111,106 @@ class DesiredPublisher:
             ):
                 await asyncio.sleep(1.0)
             self.leader = True
-            self._full_pending = True
+            self._check_broker = True
             self._wake.set()
             log.info("this replica publishes desired state")
-            while True:
-                if not await wait_event(self._wake, _SAFETY_INTERVAL_S):
-                    await conn.fetchval("SELECT 1")  # notice a dead LISTEN connection
-                self._wake.clear()
-                if not self._link.connected.is_set():
-                    continue
-                try:
-                    await self._flush()
-                except Exception as exc:  # broker went away mid-flush: retry on reconnect
-                    if not isinstance(exc, db.RETRYABLE_ERRORS):
-                        log.warning("desired publish interrupted: %r", exc)
-                        continue
-                    raise
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._fill_fresh_broker(), name="desired-resync")
+                await self._serve(conn)
         finally:
             conn.terminate()
 
-    async def _flush(self) -> None:
-        if self._full_pending:
-            self._full_pending = False
-            await self._republish_all()
+    async def _serve(self, conn: asyncpg.Connection) -> None:
         while True:
-            async with self._pool.acquire() as conn:
-                rows = await delivery.unpublished(conn, limit=_BATCH)
-            # Out before the next query: a desired write waits for nothing else.
-            await self._publish(rows)
+            if not await wait_event(self._wake, _SAFETY_INTERVAL_S):
+                await conn.fetchval("SELECT 1")  # notice a dead LISTEN connection
+            self._wake.clear()
+            if not self._link.connected.is_set():
+                continue
+            try:
+                if self._check_broker:
+                    await self._recover_broker()
+                    self._check_broker = False
+                await self._flush()
+            except Exception as exc:  # broker went away mid-flush: retry on reconnect
+                if not isinstance(exc, db.RETRYABLE_ERRORS):
+                    log.warning("desired publish interrupted: %r", exc)
+                    continue
+                raise
+
+    async def _recover_broker(self) -> None:
+        """What did the broker keep? Republish what it may have lost, or fill it afresh."""
+        marker = await read_marker(self._link.target)
+        async with self._pool.acquire() as conn:
+            state = await delivery.broker_state(conn, self._broker)
+        self.republished = 0
+        if state is not None and marker is not None and marker.get("epoch") == state["epoch"]:
+            self._epoch = state["epoch"]
+            seq = marker.get("seq")
+            after = ""
+            while isinstance(seq, int):
+                async with self._publishing:
+                    async with self._pool.acquire() as conn:
+                        rows = await delivery.published_after(
+                            conn, seq=seq, after=after, limit=_BATCH
+                        )
+                    if not rows:
+                        break
+                    await self._publish(rows)
+                self.republished += len(rows)
+                after = rows[-1]["device_id"]
+            log.info(
+                "broker kept its retained store (epoch %s): %d desired states sent again",
+                self._epoch,
+                self.republished,
+            )
+            if state["resync_after"] is not None:
+                self._resync.set()
+            return
+        self._epoch = uuid.uuid4().hex
+        async with self._pool.acquire() as conn:
+            await delivery.set_broker_state(conn, self._broker, epoch=self._epoch, resync_after="")
+        log.info("broker %s has no delivery marker: filling it in the background", self._broker)
+        self._resync.set()
+
+    async def _fill_fresh_broker(self) -> None:
+        """Every device's desired state to a fresh broker, a page at a time, resumable."""
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            try:
+                while self._link.connected.is_set() and self._epoch is not None:
+                    epoch = self._epoch
+                    async with self._publishing:
+                        async with self._pool.acquire() as conn:
+                            state = await delivery.broker_state(conn, self._broker)
+                            if state is None or state["epoch"] != epoch:
+                                break
+                            after = state["resync_after"]
+                            if after is None:
+                                log.info("broker %s holds every desired state", self._broker)
+                                break
+                            rows = await delivery.all_desired(conn, after=after, limit=_RESYNC_PAGE)
+                        await self._publish(rows)
+                        async with self._pool.acquire() as conn:
+                            await delivery.set_broker_state(
+                                conn,
+                                self._broker,
+                                epoch=epoch,
+                                resync_after=rows[-1]["device_id"] if rows else None,
+                            )
+                    self.republished += len(rows)
+                    await asyncio.sleep(0)  # the flush's turn
+            except Exception as exc:  # picked up again at the next broker connect
+                log.warning("background fill of the broker interrupted: %r", exc)
+
+    async def _flush(self) -> None:
+        while True:
+            async with self._publishing:
+                async with self._pool.acquire() as conn:
+                    rows = await delivery.unpublished(conn, limit=_BATCH)
+                # Out before the next query: a desired write waits for nothing else.
+                await self._publish(rows)
             async with self._pool.acquire() as conn:
                 gone = await delivery.cleanups(conn, limit=_BATCH)
             if not rows and not gone:
@@ -117,18 +233,9 @@ class DesiredPublisher:
             async with self._pool.acquire() as conn:
                 DESIRED_LAG.set(await delivery.oldest_unpublished_age(conn))
 
-    async def _republish_all(self) -> None:
-        after = ""
-        while True:
-            async with self._pool.acquire() as conn:
-                rows = await delivery.all_desired(conn, after=after, limit=_BATCH)
-            if not rows:
-                return
-            await self._publish(rows)
-            after = rows[-1]["device_id"]
-
     async def _publish(self, rows: list[asyncpg.Record]) -> None:
-        """Publish retained QoS 1 and wait for every PUBACK before recording the versions."""
+        """Publish retained QoS 1, wait for every PUBACK, record the versions, then move the
+        broker's marker past them (it is only ever behind what the broker holds)."""
         if not rows:
             return
         client = self._link.client
@@ -147,6 +254,13 @@ class DesiredPublisher:
         )
         DESIRED_PUBLISHED.inc(len(rows))
         async with self._pool.acquire() as conn:
-            await delivery.mark_published(
+            seq = await delivery.mark_published(
                 conn, [row["device_id"] for row in rows], [row["desired_version"] for row in rows]
+            )
+        if self._epoch is not None:
+            await client.publish(
+                DELIVERY_MARKER_TOPIC,
+                orjson.dumps({"epoch": self._epoch, "seq": seq}),
+                qos=1,
+                retain=True,
             )

@@ -24,6 +24,7 @@ DEFAULT_PG_PORT = 5544
 CLI_ACTOR = "iotcloud-cli"
 _JOB_COUNTS = ("job_id", "status", "matched", "written", "synced", "skipped", "failed", "error")
 DEFAULT_BROKER_PORT = 1884
+DEFAULT_BROKER_TLS_PORT = 8883
 
 
 class CliError(Exception):
@@ -46,7 +47,10 @@ def embedded_postgres() -> embedded.EmbeddedPostgres:
 
 def embedded_broker() -> embedded.EmbeddedBroker:
     return embedded.EmbeddedBroker(
-        project_home(), _port("IOTCLOUD_BROKER_PORT", DEFAULT_BROKER_PORT)
+        project_home(),
+        _port("IOTCLOUD_BROKER_PORT", DEFAULT_BROKER_PORT),
+        tls_port=_port("IOTCLOUD_BROKER_TLS_PORT", DEFAULT_BROKER_TLS_PORT),
+        bind=os.environ.get("IOTCLOUD_BROKER_BIND") or "127.0.0.1",
     )
 
 
@@ -173,11 +177,7 @@ async def cmd_device_create(args: argparse.Namespace) -> None:
     from iotcloud.provisioning import create_devices
 
     created = await create_devices(
-        database_url(),
-        mqtt_url(),
-        tenant_id=args.tenant,
-        specs=[(args.id, args.name)],
-        broker_required=bool(os.environ.get("MQTT_URL")),
+        database_url(), tenant_id=args.tenant, specs=[(args.id, args.name)]
     )
     _print_json(created[0].as_json())
 

@@ -8,20 +8,27 @@ PostgreSQL comes from the system (``initdb``/``pg_ctl`` on PATH or under
 from __future__ import annotations
 
 import glob
-import json
+import hashlib
 import os
 import pwd
 import secrets
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
-from shared.dynsec import DeviceAccount, broker_credential, render_config
+from shared.mqtt import SERVICE_CLIENT_PREFIX
+
+if TYPE_CHECKING:
+    from shared.tls import TlsFiles
 
 PG_USER = "iot"
 PG_DB = "iotcloud"
-SERVICE_USER = "iotcloud-service"
+# The services' broker login; it cannot be a device id (SPEC §3), so no device holds it.
+SERVICE_USER = "$iotcloud-service"
 
 
 class EmbeddedError(RuntimeError):
@@ -179,99 +186,113 @@ class EmbeddedPostgres:
             self._cmd("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
 
 
-def find_mosquitto() -> tuple[str, str] | None:
-    """(mosquitto binary, dynamic-security plugin) when both are installed."""
-    binary = shutil.which("mosquitto") or next(
+def find_mosquitto() -> str | None:
+    """The mosquitto binary, when installed."""
+    return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
     )
-    plugins = [
-        *glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"),
-        *glob.glob("/usr/lib/mosquitto_dynamic_security.so"),
-        *glob.glob("/usr/local/lib/mosquitto_dynamic_security.so"),
-        *glob.glob("/opt/homebrew/lib/mosquitto_dynamic_security.so"),
-        *glob.glob("/usr/local/opt/mosquitto/lib/mosquitto_dynamic_security.so"),
-    ]
-    if binary is None or not plugins:
-        return None
-    return binary, plugins[0]
+
+
+def find_auth_plugin() -> Path | None:
+    """``IOTCLOUD_BROKER_PLUGIN``, or the auth plugin ``make setup`` built in this checkout."""
+    configured = os.environ.get("IOTCLOUD_BROKER_PLUGIN")
+    if configured:
+        return Path(configured) if Path(configured).exists() else None
+    built = Path(__file__).resolve().parents[2] / "build" / "iotcloud_auth.so"
+    return built if built.exists() else None
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class EmbeddedBroker:
-    """A private Mosquitto with dynamic security, its accounts rebuilt from the database."""
+    """A private Mosquitto whose devices authenticate against the database (our plugin).
+
+    Everything it keeps lives under ``.iotcloud/broker-<port>/``, so two instances with
+    different ports in one checkout share nothing.
+    """
 
     home: Path
     port: int
+    tls_port: int = 8883
+    bind: str = "127.0.0.1"
 
     @property
     def root(self) -> Path:
-        return self.home / "broker"
+        return self.home / f"broker-{self.port}"
 
     @property
     def config_file(self) -> Path:
         return self.root / "mosquitto.conf"
 
-    @property
-    def dynsec_file(self) -> Path:
-        return self.root / "dynamic-security.json"
-
     def service_password(self) -> str:
         secret_file = self.root / "service.secret"
         if not secret_file.exists():
             self.root.mkdir(parents=True, exist_ok=True)
-            secret_file.write_text(secrets.token_urlsafe(32))
-            secret_file.chmod(0o600)
+            tmp = secret_file.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(32))
+            tmp.chmod(0o600)
+            tmp.replace(secret_file)
         return secret_file.read_text().strip()
 
     @property
     def url(self) -> str:
-        return f"mqtt://{SERVICE_USER}:{self.service_password()}@127.0.0.1:{self.port}"
+        user = quote(SERVICE_USER, safe="")
+        return f"mqtt://{user}:{quote(self.service_password(), safe='')}@127.0.0.1:{self.port}"
 
-    def prepare(self, devices: list[DeviceAccount]) -> list[str]:
-        """Write the config and the account file; returns the command that runs the broker."""
-        found = find_mosquitto()
-        if found is None:
-            raise EmbeddedError("mosquitto with its dynamic-security plugin is not installed")
-        binary, plugin = found
+    def prepare(self, database_url: str, *, tls: TlsFiles | None = None) -> list[str]:
+        """Write the config; returns the command that runs the broker."""
+        binary, plugin = find_mosquitto(), find_auth_plugin()
+        if binary is None or plugin is None:
+            raise EmbeddedError(
+                "mosquitto and the auth plugin (make setup builds build/iotcloud_auth.so) "
+                "are needed"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(exist_ok=True)
-        dynsec = render_config(
-            service_user=SERVICE_USER,
-            service_credential=broker_credential(self.service_password()),
-            devices=devices,
-        )
-        tmp = self.dynsec_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dynsec, indent=1))
-        tmp.chmod(0o600)
-        tmp.replace(self.dynsec_file)
         user = pwd.getpwuid(os.geteuid()).pw_name
-        self.config_file.write_text(
-            "\n".join(
-                [
-                    "# Written by iotcloud at every start; edits are overwritten.",
-                    f"user {user}",
-                    "per_listener_settings false",
-                    "allow_anonymous false",
-                    f"listener {self.port} 127.0.0.1",
-                    "persistence true",
-                    f"persistence_location {self.root / 'data'}/",
-                    "autosave_interval 5",
-                    # What waits for a client that is away or behind (ingest_iot's
-                    # session, above all): past this Mosquitto drops QoS 1 messages.
-                    "max_queued_messages 1000000",
-                    # QoS 1 messages out to a client unacknowledged: ingest_iot acknowledges
-                    # after each commit, so this is how far its next batch can fill while
-                    # one commits (batches are up to 500 reports).
-                    "max_inflight_messages 1000",
-                    "set_tcp_nodelay true",
-                    "log_dest stdout",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    f"plugin {plugin}",
-                    f"plugin_opt_config_file {self.dynsec_file}",
-                    "",
-                ]
-            )
-        )
+        lines = [
+            "# Written by iotcloud at every start; edits are overwritten.",
+            f"user {user}",
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if tls is not None:
+            lines += [
+                f"listener {self.tls_port} {self.bind}",
+                f"certfile {tls.cert}",
+                f"keyfile {tls.key}",
+            ]
+        lines += [
+            "persistence true",
+            f"persistence_location {self.root / 'data'}/",
+            "autosave_interval 5",
+            # What waits for a client that is away or behind (ingest_iot's session, above
+            # all): past this Mosquitto drops QoS 1 messages.
+            "max_queued_messages 1000000",
+            # QoS 1 messages out to a client unacknowledged: ingest_iot acknowledges after
+            # each commit, so this is how far its next batch can fill while one commits
+            # (batches are up to 500 reports).
+            "max_inflight_messages 1000",
+            "set_tcp_nodelay true",
+            # A connection and a disconnection per device would flood the terminal.
+            "connection_messages false",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            f"plugin {plugin}",
+            f"plugin_opt_database {database_url}",
+            f"plugin_opt_service_user {SERVICE_USER}",
+            f"plugin_opt_service_password_sha256 {sha256_hex(self.service_password())}",
+            f"plugin_opt_service_clientid_prefix {SERVICE_CLIENT_PREFIX}",
+            f"plugin_opt_broker_name {socket.gethostname()}:{self.port}",
+            "",
+        ]
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines))
+        tmp.chmod(0o600)
+        tmp.replace(self.config_file)
         return [binary, "-c", str(self.config_file)]

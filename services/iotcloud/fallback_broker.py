@@ -1,30 +1,31 @@
-"""An in-process MQTT broker (amqtt) for machines without Mosquitto, with the same rules.
+"""An in-process MQTT broker (amqtt) for machines without Mosquitto or its auth plugin,
+with the same rules as the plugin (``broker/iotcloud_auth.c``).
 
-``iotcloud up`` runs it as its broker child when ``MQTT_URL`` is unset and Mosquitto is not
-installed. The database is the truth here too: a device logs in with its provision token,
-checked against the broker credential the database keeps for it (PBKDF2-SHA512, exactly as
-Mosquitto's dynamic-security file stores it); the services log in with the secret in
-``.iotcloud/broker/service.secret``. A device may publish only its own ``.../shadow/reported``
-and subscribe to and receive only its own ``.../shadow/#``.
-
-The services drive it exactly as they drive Mosquitto: it answers the dynamic-security
-commands they send on ``$CONTROL/dynamic-security/v1``. Accounts live in the database, so
-those commands only cut sessions (password change, disable, delete); a sweep every few
-seconds also cuts any session whose credential the database no longer holds.
+``iotcloud up`` runs it as its broker child when ``MQTT_URL`` is unset and Mosquitto or the
+plugin is not there. The database is the truth here too: a device logs in with user name =
+client id = its device id and password = its provision token, whose SHA-256 the
+``broker_credentials`` view holds; the services log in with the secret in the broker's
+``service.secret`` and client ids that start with ``SERVICE_CLIENT_PREFIX``. A device may
+publish only its own reports and subscribe to and receive only its own topic trees. A
+rotated or deleted credential cuts the session (``LISTEN iot_broker_credentials``), and
+connects and disconnects are recorded as presence, as the plugin does.
 
 Limits, fine for one machine: retained messages and persistent sessions live in memory
-(the desired publisher republishes everything after a reconnect), and a ``$share/...``
+(the desired publisher fills a fresh broker after a reconnect), and a ``$share/...``
 subscription is served as a plain one, so run one ``ingest_iot`` against it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
+import secrets
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,28 +37,19 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from shared import db
-from shared.dynsec import CONTROL_TOPIC, RESPONSE_TOPIC, broker_credential
+from shared.aio import within
+from shared.mqtt import SERVICE_CLIENT_PREFIX
+from shared.services.devices import DEVICE_ID_RE
 from shared.topics import device_prefix
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL_S = 3.0
 _SHARE_PREFIX = "$share/"
-_KICKING_COMMANDS = {"setClientPassword", "disableClient", "deleteClient"}
-_ACCEPTED_COMMANDS = _KICKING_COMMANDS | {
-    "createClient",
-    "createRole",
-    "deleteRole",
-    "enableClient",
-    "listClients",
-}
+_MAX_PASSWORD = 512
+_PRESENCE_INTERVAL_S = 0.2
 
-# The broker's only queries, kept here because nothing else uses them.
-_DEVICE_LOGIN = """SELECT tenant_id, broker_salt, broker_hash FROM devices
-                   WHERE device_id = $1 AND revoked_at IS NULL"""
-_LIVE_DEVICES = "SELECT device_id FROM devices WHERE revoked_at IS NULL"
-_LIVE_CREDENTIALS = """SELECT device_id, broker_hash FROM devices
-                       WHERE device_id = ANY($1::text[]) AND revoked_at IS NULL"""
+# The broker's only query, the one the plugin makes.
+_DEVICE_LOGIN = "SELECT tenant_id, password_hash FROM broker_credentials WHERE username = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +58,6 @@ class Identity:
 
     device_id: str | None = None
     tenant_id: str | None = None
-    password_hash: str | None = None
 
     def allows(self, topic: str, action: Action) -> bool:
         if self.device_id is None or self.tenant_id is None:
@@ -75,7 +66,7 @@ class Identity:
         if action == Action.PUBLISH:
             return topic == prefix + "reported"
         # A filter under the device's own prefix can only match its own topics.
-        return topic.startswith(prefix)
+        return topic.startswith((prefix, f"tenant/+/device/{self.device_id}/shadow/"))
 
 
 class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
@@ -89,7 +80,9 @@ class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         self.database_url = database_url
         self.service_user = service_user
         self.service_password = service_password
+        self.name = f"{socket.gethostname()}:{port}/{secrets.token_hex(6)}"
         self.identities: dict[str, Identity] = {}
+        self.presence: list[dict[str, Any]] = []
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -104,30 +97,36 @@ class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         )
         await self.start()
         try:
-            while True:
-                await asyncio.sleep(SWEEP_INTERVAL_S)
-                try:
-                    await self._sweep()
-                except db.RETRYABLE_ERRORS as exc:
-                    log.warning("session sweep skipped, database unavailable: %r", exc)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._watch_credentials(), name="broker-credentials")
+                tasks.create_task(self._write_presence(), name="broker-presence")
         finally:
             await self.shutdown()
             await self.pool.close()
 
-    async def login(self, username: str | None, password: str | None) -> Identity | None:
-        if not username or password is None:
+    async def login(
+        self, username: str | None, password: str | None, client_id: str
+    ) -> Identity | None:
+        if not username or password is None or len(password) > _MAX_PASSWORD:
             return None
+        offered = hashlib.sha256(password.encode()).hexdigest()
         if username == self.service_user:
-            ok = hmac.compare_digest(password.encode(), self.service_password.encode())
-            return Identity() if ok else None
+            expected = hashlib.sha256(self.service_password.encode()).hexdigest()
+            if hmac.compare_digest(offered, expected) and client_id.startswith(
+                SERVICE_CLIENT_PREFIX
+            ):
+                return Identity()
+            return None
+        if client_id != username or not DEVICE_ID_RE.fullmatch(username):
+            return None
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(_DEVICE_LOGIN, username)
-        if row is None:
+        if row is None or not hmac.compare_digest(offered, row["password_hash"]):
             return None
-        offered = broker_credential(password, salt=base64.b64decode(row["broker_salt"]))
-        if not hmac.compare_digest(offered.password_hash, row["broker_hash"]):
-            return None
-        return Identity(username, row["tenant_id"], row["broker_hash"])
+        return Identity(username, row["tenant_id"])
+
+    def record_presence(self, device_id: str, *, connected: bool) -> None:
+        self.presence.append({"d": device_id, "c": connected, "t": int(time.time() * 1000)})
 
     async def kick(self, username: str) -> None:
         for session, handler in list(self._sessions.values()):
@@ -135,26 +134,53 @@ class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
                 log.info("cutting the session of %s", username)
                 await handler.handle_connection_closed()
 
-    async def _sweep(self) -> None:
-        """Cut sessions whose credential the database no longer holds (rotated, deleted)."""
-        connected = {
-            session.client_id: identity
-            for session, _ in self._sessions.values()
-            if session.transitions.is_connected()
-            and (identity := self.identities.get(session.client_id)) is not None
-            and identity.device_id is not None
-        }
-        if not connected:
-            return
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                _LIVE_CREDENTIALS, [identity.device_id for identity in connected.values()]
-            )
-        current = {row["device_id"]: row["broker_hash"] for row in rows}
-        for identity in connected.values():
-            assert identity.device_id is not None
-            if current.get(identity.device_id) != identity.password_hash:
-                await self.kick(identity.device_id)
+    async def _watch_credentials(self) -> None:
+        """Cut the session of every credential the database changes or removes."""
+        changed: asyncio.Queue[str] = asyncio.Queue()
+        while True:
+            try:
+                conn = await db.connect(self.database_url, application_name="iotcloud-broker")
+                try:
+                    await conn.add_listener(
+                        "iot_broker_credentials", lambda *args: changed.put_nowait(args[3])
+                    )
+                    while True:
+                        try:
+                            device_id = await within(changed.get(), 5.0)
+                        except TimeoutError:
+                            await conn.fetchval("SELECT 1")  # notice a dead LISTEN connection
+                            continue
+                        if self.identities.pop(device_id, None) is not None:
+                            self.record_presence(device_id, connected=False)
+                        await self.kick(device_id)
+                finally:
+                    conn.terminate()
+            except db.RETRYABLE_ERRORS as exc:
+                log.warning("credential watch waits for the database: %r", exc)
+                await asyncio.sleep(1)
+
+    async def _write_presence(self) -> None:
+        started = False
+        while True:
+            await asyncio.sleep(_PRESENCE_INTERVAL_S)
+            try:
+                async with self.pool.acquire() as conn:
+                    if not started:
+                        await conn.execute("SELECT broker_started($1)", self.name)
+                        started = True
+                    if self.presence:
+                        batch, self.presence = self.presence, []
+                        try:
+                            await conn.execute(
+                                "SELECT broker_presence($1, $2::jsonb)",
+                                self.name,
+                                orjson.dumps(batch).decode(),
+                            )
+                        except BaseException:
+                            self.presence[:0] = batch
+                            raise
+            except db.RETRYABLE_ERRORS as exc:
+                log.warning("presence not written yet, database unavailable: %r", exc)
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         topic_filter, qos = subscription
@@ -167,62 +193,9 @@ class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         granted: int = await super().add_subscription((topic_filter, qos), session)
         return granted
 
-    async def _handle_message_delivery(
-        self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
-    ) -> bool:
-        message = wait_deliver.result()
-        if message is not None and message.topic == CONTROL_TOPIC:
-            identity = self.identities.get(client_session.client_id or "")
-            if identity is None or identity.device_id is not None:
-                return False  # only the service may send control commands
-            await self._control(bytes(message.data or b""))
-            return True
-        delivered: bool = await super()._handle_message_delivery(
-            client_session, handler, wait_deliver
-        )
-        return delivered
-
-    async def _control(self, payload: bytes) -> None:
-        """Answer dynamic-security commands the way Mosquitto does."""
-        try:
-            commands = orjson.loads(payload)["commands"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.warning("unreadable control message")
-            return
-        responses: list[dict[str, Any]] = []
-        for command in commands:
-            name = command.get("command")
-            response: dict[str, Any] = {"command": name}
-            if "correlationData" in command:
-                response["correlationData"] = command["correlationData"]
-            if name not in _ACCEPTED_COMMANDS:
-                response["error"] = "Unknown command"
-            elif name in _KICKING_COMMANDS:
-                await self.kick(str(command.get("username", "")))
-            elif name == "listClients":
-                try:
-                    response["data"] = {"clients": await self._accounts()}
-                except db.RETRYABLE_ERRORS as exc:
-                    response["error"] = f"database unavailable: {exc!r}"
-            responses.append(response)
-        await self._broadcast_message(None, RESPONSE_TOPIC, orjson.dumps({"responses": responses}))
-
-    async def _accounts(self) -> list[str]:
-        """What Mosquitto would list: every live device, and whoever is still connected."""
-        async with self.pool.acquire() as conn:
-            live = {row["device_id"] for row in await conn.fetch(_LIVE_DEVICES)}
-        connected = {
-            identity.device_id
-            for session, _ in self._sessions.values()
-            if session.transitions.is_connected()
-            and (identity := self.identities.get(session.client_id)) is not None
-            and identity.device_id is not None
-        }
-        return sorted(live | connected)
-
 
 class DeviceAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
-    """Authentication and topic checks: the per-device rules of the dynamic-security roles."""
+    """Authentication, topic checks and presence: the rules of the Mosquitto plugin."""
 
     @property
     def broker(self) -> FallbackBroker:
@@ -230,16 +203,24 @@ class DeviceAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         return broker
 
     async def authenticate(self, *, session: Session) -> bool | None:
+        client_id = session.client_id or ""
         try:
-            identity = await self.broker.login(session.username, session.password)
+            identity = await self.broker.login(session.username, session.password, client_id)
         except db.UNAVAILABLE_ERRORS as exc:
             log.warning("login of %s refused, database unavailable: %r", session.username, exc)
             return False
         if identity is None:
             log.info("refused login for %r", session.username)
             return False
-        self.broker.identities[session.client_id or ""] = identity
+        self.broker.identities[client_id] = identity
+        if identity.device_id is not None:
+            self.broker.record_presence(identity.device_id, connected=True)
         return True
+
+    async def on_broker_client_disconnected(self, client_id: str, client_session: Session) -> None:
+        identity = self.broker.identities.get(client_id)
+        if identity is not None and identity.device_id is not None:
+            self.broker.record_presence(identity.device_id, connected=False)
 
     async def topic_filtering(
         self,

@@ -218,7 +218,7 @@ async def simulate(
     over MQTT until every device has sent its burst); prints progress and a summary."""
     ids = [f"{prefix}-{n:05d}" for n in range(1, count + 1)]
     started = time.monotonic()
-    tokens = await provision_fleet(database_url, mqtt_url, tenant_id=tenant_id, device_ids=ids)
+    tokens = await provision_fleet(database_url, tenant_id=tenant_id, device_ids=ids)
     print(f"provisioned {len(tokens)} devices in {time.monotonic() - started:.1f}s", flush=True)
     target = parse_mqtt_url(mqtt_url)
     counters = Counters()

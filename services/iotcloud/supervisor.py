@@ -8,16 +8,15 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from iotcloud import cli, embedded
 from shared import db
 from shared.aio import within
-from shared.dynsec import BrokerCredential, DeviceAccount
-from shared.repositories import devices as devices_repo
 from shared.repositories import tenants, users
 from shared.security import hash_password
+from shared.settings import project_home
+from shared.tls import ensure_server_certificate
 
 DEMO_TENANT = "demo"
 DEMO_EMAIL = "admin@demo.local"
@@ -35,15 +34,12 @@ def _die_with_parent() -> None:
 class Child:
     name: str
     argv: list[str]
-    before_start: Callable[[], None] | None = None
     process: asyncio.subprocess.Process | None = None
 
 
 async def _supervise(child: Child, env: dict[str, str], stopping: asyncio.Event) -> None:
     delay = 0.5
     while not stopping.is_set():
-        if child.before_start is not None:
-            await asyncio.to_thread(child.before_start)
         child.process = await asyncio.create_subprocess_exec(
             *child.argv, env=env, preexec_fn=_die_with_parent
         )
@@ -73,22 +69,6 @@ async def _stop(children: list[Child]) -> None:
                 child.process.kill()
 
 
-async def broker_accounts_from_db(database_url: str) -> list[DeviceAccount]:
-    conn = await db.connect(database_url, application_name="iotcloud-up")
-    try:
-        rows = await devices_repo.broker_accounts(conn)
-    finally:
-        await conn.close()
-    return [
-        DeviceAccount(
-            row["device_id"],
-            row["tenant_id"],
-            BrokerCredential(row["broker_salt"], row["broker_hash"]),
-        )
-        for row in rows
-    ]
-
-
 async def _ensure_demo(database_url: str) -> None:
     conn = await db.connect(database_url, application_name="iotcloud-up")
     try:
@@ -116,25 +96,24 @@ async def up(*, demo: bool) -> None:
 
     me = [sys.executable, "-m", "iotcloud.cli"]
     children: list[Child] = []
+    broker_lines: list[str] = [f"  MQTT broker               {cli.mqtt_display()}"]
     if not os.environ.get("MQTT_URL"):
         broker = cli.embedded_broker()
-        loop = asyncio.get_running_loop()
-
-        def rebuild_accounts() -> None:
-            # The database is the truth: every broker start gets its accounts from it.
-            accounts = asyncio.run_coroutine_threadsafe(
-                broker_accounts_from_db(database_url), loop
-            ).result()
-            broker.prepare(accounts)
-
+        tls = ensure_server_certificate(project_home())
         force_fallback = os.environ.get("IOTCLOUD_FALLBACK_BROKER", "") in {"1", "true", "yes"}
-        if not force_fallback and embedded.find_mosquitto() is not None:
-            argv = broker.prepare(await broker_accounts_from_db(database_url))
-            children.append(Child("broker", argv, before_start=rebuild_accounts))
+        mosquitto_ready = embedded.find_mosquitto() and embedded.find_auth_plugin()
+        if not force_fallback and mosquitto_ready:
+            # Devices authenticate against the database at CONNECT: nothing to write per device.
+            argv = broker.prepare(database_url, tls=tls)
+            children.append(Child("broker", argv))
         else:
-            # No Mosquitto here: the in-process broker reads its accounts from the database.
+            # No Mosquitto or no plugin here: the in-process broker keeps the same rules.
             broker.service_password()
             children.append(Child("broker", [sys.executable, "-m", "iotcloud.fallback_broker"]))
+        broker_lines.append(
+            f"  MQTT over TLS             mqtts://{broker.bind}:{broker.tls_port}"
+            f"  (devices trust {tls.ca or tls.cert})"
+        )
     children += [
         Child("ui_iot", [*me, "serve", "ui"]),
         Child("ingest_iot", [*me, "serve", "ingest"]),
@@ -171,7 +150,7 @@ async def up(*, demo: bool) -> None:
                 f"  console and operator API  http://127.0.0.1:{ui_port}/",
                 f"  device API                http://127.0.0.1:{ingest_port}/device/v1",
                 f"  DATABASE_URL              {database_url}",
-                f"  MQTT broker               {cli.mqtt_display()}",
+                *broker_lines,
                 *([f"  demo login                {DEMO_EMAIL} / {DEMO_PASSWORD}"] if demo else []),
                 "Press Ctrl-C to stop.",
             ]

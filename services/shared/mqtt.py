@@ -18,7 +18,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
 from shared.aio import wait_event
-from shared.dynsec import RESPONSE_TOPIC, DynSecClient
 
 log = logging.getLogger(__name__)
 # aiomqtt warns for every publish beyond ten awaiting their PUBACK; a batch's replies are
@@ -34,6 +33,10 @@ NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _READ_AHEAD = 64 * 1024
 _PUBLISH_WINDOW = 10_000
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
+
+# The services' client ids start with this; a device's client id is its device id, which
+# never does (SPEC §3), so the broker lets no device take a service's session.
+SERVICE_CLIENT_PREFIX = "$iotcloud-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,7 @@ class _Inbox:
 
 
 class BrokerLink:
-    """One service connection: subscriptions, dynamic-security commands, reconnects.
+    """One service connection: subscriptions and reconnects.
 
     ``on_messages`` gets every message that has arrived (up to ``max_batch``) in one call, so
     a handler can apply many in one transaction; when the stream is quiet a batch is one
@@ -242,8 +245,11 @@ class BrokerLink:
         self._persistent = persistent
         self._manual_ack = manual_ack
         self._client: aiomqtt.Client | None = None
-        self.dynsec: DynSecClient | None = None
         self.connected = asyncio.Event()
+
+    @property
+    def target(self) -> MqttTarget:
+        return self._target
 
     @property
     def client(self) -> aiomqtt.Client:
@@ -274,7 +280,6 @@ class BrokerLink:
                 if self.connected.is_set():
                     next_delay = backoff_delays()
                 self.connected.clear()
-                self.dynsec = None
             await asyncio.sleep(next_delay())
 
     async def _session(self) -> None:
@@ -304,30 +309,21 @@ class BrokerLink:
             client._client.manual_ack_set(True)
         async with client:
             self._client = client
-            self.dynsec = DynSecClient(client)
-            await client.subscribe(RESPONSE_TOPIC, qos=1)
             for topic in self._subscriptions:
                 await client.subscribe(topic, qos=1)
             self.connected.set()
             log.info("connected to broker %s as %s", self._target.display(), self._client_id)
             async with asyncio.TaskGroup() as tasks:
                 if self._on_connect is not None:
-                    # Concurrent with the message loop: it may await control-API responses.
+                    # Concurrent with the message loop, which must keep draining the backlog.
                     tasks.create_task(self._on_connect(), name="on-broker-connect")
                 await self._consume(client, inbox)
 
     async def _consume(self, client: aiomqtt.Client, inbox: _Inbox) -> None:
-        assert self.dynsec is not None
         while True:
             batch = await inbox.take(self._max_batch)
-            handed: list[paho.MQTTMessage] = []
-            for message in batch:
-                if message.topic == RESPONSE_TOPIC:
-                    self.dynsec.handle_response(bytes(message.payload))
-                else:
-                    handed.append(message)
-            if handed and self._on_messages is not None:
-                await self._on_messages(handed)
+            if self._on_messages is not None:
+                await self._on_messages(batch)
             if self._manual_ack:
                 for message in batch:
                     if message.qos > 0:

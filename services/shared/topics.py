@@ -6,6 +6,8 @@ import re
 
 REPORTED_SUBSCRIPTION = "tenant/+/device/+/shadow/reported"
 SHARED_GROUP = "ingest"
+# Retained, services only: how far the broker's retained store has got (ingest_iot.publisher).
+DELIVERY_MARKER_TOPIC = "iotcloud/delivery-marker"
 _REPORTED = re.compile(r"^tenant/([^/]+)/device/([^/]+)/shadow/reported$")
 
 

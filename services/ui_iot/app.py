@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -14,7 +13,6 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from shared import db
-from shared.mqtt import BrokerLink, parse_mqtt_url
 from shared.services import events, fleet, history
 from shared.settings import Settings
 from shared.web import (
@@ -39,9 +37,6 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         app.state.pool = await db.create_pool(
             settings.database_url, application_name="ui_iot", max_size=settings.pool_max_size
         )
-        app.state.broker = BrokerLink(
-            parse_mqtt_url(settings.mqtt_url), client_id=f"ui_iot-{uuid.uuid4().hex[:12]}"
-        )
         app.state.events = events.EventHub(app.state.pool, settings.database_url)
         jobs = fleet.JobRunner(
             app.state.pool,
@@ -52,7 +47,6 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         try:
             async with asyncio.TaskGroup() as tasks:
                 running = [
-                    tasks.create_task(app.state.broker.run(), name="broker-link"),
                     tasks.create_task(app.state.events.run(), name="twin-event-hub"),
                     tasks.create_task(jobs.run(), name="fleet-job-runner"),
                 ]
@@ -84,10 +78,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     install_metrics(app, service="ui_iot")
 
     async def ready() -> dict[str, bool]:
-        return {
-            "database": await database_ready(app.state.pool),
-            "broker": app.state.broker.connected.is_set(),
-        }
+        return {"database": await database_ready(app.state.pool)}
 
     install_health(app, ready)
     app.include_router(auth.router)

@@ -13,7 +13,6 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from shared.db import Connection
 from shared.errors import Forbidden, NotFound, Unauthorized
-from shared.mqtt import BrokerLink
 from shared.security import InvalidToken, Principal, Role, role_at_least, verify_token
 from shared.services.devices import DEVICE_ID_RE
 from shared.settings import Settings
@@ -23,11 +22,6 @@ from shared.settings import Settings
 # dependency in a worker thread, a hop that cost 6-12 % of ui_iot's time per request.
 async def settings(request: Request) -> Settings:
     value: Settings = request.app.state.settings
-    return value
-
-
-async def broker_link(request: Request) -> BrokerLink:
-    value: BrokerLink = request.app.state.broker
     return value
 
 
@@ -94,4 +88,3 @@ Admin = Annotated[Principal, Depends(Caller("admin"))]
 Conn = Annotated[Connection, Depends(connection)]
 AppSettings = Annotated[Settings, Depends(settings)]
 Pool = Annotated[asyncpg.Pool, Depends(pool)]
-Link = Annotated[BrokerLink, Depends(broker_link)]

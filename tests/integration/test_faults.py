@@ -21,7 +21,6 @@ import pytest
 
 from iotcloud.embedded import EmbeddedPostgres
 from iotcloud.provisioning import create_devices
-from iotcloud.supervisor import broker_accounts_from_db
 from shared import db
 from shared.repositories import tenants
 from shared.services.devices import NewDevice
@@ -46,10 +45,8 @@ async def provision(database_url: str, mqtt_url: str, count: int) -> tuple[str, 
         await conn.close()
     devices = await create_devices(
         database_url,
-        mqtt_url,
         tenant_id=tenant_id,
         specs=[(f"d{i:03d}-{uuid.uuid4().hex[:6]}", None) for i in range(count)],
-        broker_required=True,
     )
     return tenant_id, devices
 
@@ -201,8 +198,8 @@ async def test_b_desired_converges_after_the_broker_is_killed(
         assert ready.status_code == 503
         assert ready.json()["checks"]["broker"] is False
 
-        # Restart as the supervisor does: accounts rebuilt from the database.
-        broker.start(await broker_accounts_from_db(database_url))
+        # Restart as the supervisor does; devices are still checked against the database.
+        broker.start()
 
     conn = await db.connect(database_url, application_name="tests")
     try:

@@ -19,11 +19,11 @@ from tests.conftest import Stack
 # every 100th (offset 2) has never been seen, every 200th (offset 3) was seen two hours ago.
 FLEET_SQL = """
 WITH n AS (SELECT i FROM generate_series($3::int, $3::int + $4::int - 1) AS i)
-INSERT INTO devices (device_id, tenant_id, name, tags, token_hash, broker_salt, broker_hash)
+INSERT INTO devices (device_id, tenant_id, name, tags, token_hash)
 SELECT $2 || lpad(i::text, 7, '0'), $1, 'unit ' || i,
        jsonb_build_object('site', 'site-' || (i % 100),
                           'ring', CASE WHEN i % 1000 = 0 THEN 'canary' ELSE 'main' END),
-       sha256(convert_to($2 || i::text, 'UTF8')), 'salt', 'hash'
+       sha256(convert_to($2 || i::text, 'UTF8'))
 FROM n
 """
 STATE_SQL = """

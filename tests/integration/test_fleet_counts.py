@@ -31,8 +31,8 @@ _HOUR = timedelta(hours=1)
 
 # Devices straight into the tables, as bulk provisioning and scripts do: ids "<prefix><i>".
 _DEVICES_SQL = """
-INSERT INTO devices (device_id, tenant_id, token_hash, broker_salt, broker_hash)
-SELECT $2 || i, $1, sha256(convert_to($2 || i, 'UTF8')), 'salt', 'hash'
+INSERT INTO devices (device_id, tenant_id, token_hash)
+SELECT $2 || i, $1, sha256(convert_to($2 || i, 'UTF8'))
 FROM generate_series($3::int, $4::int) AS i
 """
 _STATE_SQL = """
@@ -170,8 +170,6 @@ async def test_counts_follow_bulk_provisioning_sql_loads_rollbacks_and_tenant_de
                     tenant_id=tenant,
                     device_ids=ids,
                     token_hashes=[uuid.uuid4().bytes for _ in ids],
-                    broker_salts=["salt"] * len(ids),
-                    broker_hashes=["hash"] * len(ids),
                 )
 
         assert await provision() == set(ids)

@@ -340,8 +340,8 @@ async def test_which_writes_are_twin_events(database_url: str) -> None:
     try:
         await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('ev', 'ev')")
         await conn.execute(
-            """INSERT INTO devices (device_id, tenant_id, token_hash, broker_salt, broker_hash)
-               SELECT 'ev-' || g, 'ev', sha256(g::text::bytea), 's', 'h'
+            """INSERT INTO devices (device_id, tenant_id, token_hash)
+               SELECT 'ev-' || g, 'ev', sha256(g::text::bytea)
                FROM generate_series(1, 3) g"""
         )
         inserted = await new_events(

@@ -16,7 +16,7 @@ import pytest
 
 from shared.topics import desired_topic, reply_topic, reported_topic
 from tests.conftest import Stack, make_settings, running_stack
-from tests.integration.test_mqtt_dynsec import device_client, next_message, session_dropped
+from tests.integration.test_broker_auth import device_client, next_message, session_dropped
 from tests.support import ROOT, Broker, eventually, free_port
 
 

@@ -89,7 +89,7 @@ async def test_metrics_of_both_services(stack: Stack) -> None:
         )
 
     await eventually(lagging, timeout=15, interval=0.2)
-    stack.broker.start(rebuild=False)
+    stack.broker.start()
 
     async def caught_up() -> bool:
         samples = await scrape(stack.ingest)

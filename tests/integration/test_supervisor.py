@@ -119,13 +119,7 @@ async def make_device(database_url: str, up: Up) -> NewDevice:
         await tenants.insert(conn, "sup", "sup")
     finally:
         await conn.close()
-    (device,) = await create_devices(
-        database_url,
-        f"mqtt://x:y@127.0.0.1:{up.broker_port}",  # not running yet: built from the database
-        tenant_id="sup",
-        specs=[("sup-device", None)],
-        broker_required=False,
-    )
+    (device,) = await create_devices(database_url, tenant_id="sup", specs=[("sup-device", None)])
     return device
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from iotcloud.embedded import SERVICE_USER
+from shared.mqtt import SERVICE_CLIENT_PREFIX
 from shared.topics import desired_topic, reported_topic
 from tests.conftest import Stack
 from tests.support import eventually
@@ -122,9 +124,9 @@ async def test_bridge_drops_reports_on_topics_of_no_such_device(stack: Stack) ->
     async with aiomqtt.Client(
         "127.0.0.1",
         stack.broker.port,
-        username="iotcloud-service",
+        username=SERVICE_USER,
         password=target.service_password(),
-        identifier="test-intruder",
+        identifier=f"{SERVICE_CLIENT_PREFIX}test-intruder",
     ) as client:
         body = orjson.dumps({"reported": {"pwned": True}, "version": 0})
         await client.publish(reported_topic(tenant_b, device_id), body, qos=1)

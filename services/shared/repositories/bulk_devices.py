@@ -11,26 +11,20 @@ async def upsert_credentials(
     tenant_id: str,
     device_ids: list[str],
     token_hashes: list[bytes],
-    broker_salts: list[str],
-    broker_hashes: list[str],
 ) -> set[str]:
     """Create these devices with their state rows, or give the tenant's live ones new
     credentials; returns the ids done (an id revoked or held by another tenant is not)."""
     rows = await conn.fetch(
-        """INSERT INTO devices (device_id, tenant_id, name, token_hash, broker_salt, broker_hash)
-           SELECT i.device_id, $1, i.device_id, i.token_hash, i.salt, i.hash
-           FROM unnest($2::text[], $3::bytea[], $4::text[], $5::text[])
-                AS i (device_id, token_hash, salt, hash)
+        """INSERT INTO devices (device_id, tenant_id, name, token_hash)
+           SELECT i.device_id, $1, i.device_id, i.token_hash
+           FROM unnest($2::text[], $3::bytea[]) AS i (device_id, token_hash)
            ON CONFLICT (device_id) DO UPDATE
-               SET token_hash = EXCLUDED.token_hash, broker_salt = EXCLUDED.broker_salt,
-                   broker_hash = EXCLUDED.broker_hash
+               SET token_hash = EXCLUDED.token_hash
                WHERE devices.tenant_id = EXCLUDED.tenant_id AND devices.revoked_at IS NULL
            RETURNING device_id, xmax = 0 AS created""",
         tenant_id,
         device_ids,
         token_hashes,
-        broker_salts,
-        broker_hashes,
     )
     created = [row["device_id"] for row in rows if row["created"]]
     if created:

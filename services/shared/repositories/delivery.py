@@ -1,4 +1,5 @@
-"""What has to go out over MQTT: unpublished desired states and retained messages to clear."""
+"""What has to go out over MQTT: unpublished desired states and retained messages to clear,
+and how far each broker's retained store is known to have got."""
 
 from __future__ import annotations
 
@@ -6,39 +7,89 @@ import asyncpg
 
 from shared.db import Connection
 
+_DESIRED_COLUMNS = "device_id, tenant_id, desired_state, desired_version"
+
 
 async def unpublished(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """SELECT device_id, tenant_id, desired_state, desired_version
+        f"""SELECT {_DESIRED_COLUMNS}
            FROM device_state
            WHERE desired_version > published_version
            ORDER BY device_id
-           LIMIT $1""",
+           LIMIT $1""",  # noqa: S608 - constant columns
         limit,
     )
 
 
 async def all_desired(conn: Connection, *, after: str, limit: int) -> list[asyncpg.Record]:
-    """Every device with a desired state, by keyset page, for republishing after a reconnect."""
+    """Every device with a desired state, by keyset page, for filling a fresh broker."""
     return await conn.fetch(
-        """SELECT device_id, tenant_id, desired_state, desired_version
+        f"""SELECT {_DESIRED_COLUMNS}
            FROM device_state
            WHERE device_id > $1 AND desired_version > 0
            ORDER BY device_id
-           LIMIT $2""",
+           LIMIT $2""",  # noqa: S608 - constant columns
         after,
         limit,
     )
 
 
-async def mark_published(conn: Connection, device_ids: list[str], versions: list[int]) -> None:
-    await conn.execute(
-        """UPDATE device_state s
-           SET published_version = GREATEST(s.published_version, p.version)
-           FROM unnest($1::text[], $2::bigint[]) AS p (device_id, version)
-           WHERE s.device_id = p.device_id""",
+async def published_after(
+    conn: Connection, *, seq: int, after: str, limit: int
+) -> list[asyncpg.Record]:
+    """Devices whose retained message went out after publish number ``seq``: what a broker
+    that restarted from a store saved at ``seq`` may have lost."""
+    return await conn.fetch(
+        f"""SELECT {_DESIRED_COLUMNS}
+           FROM device_state
+           WHERE published_seq > $1 AND device_id > $2 AND desired_version > 0
+           ORDER BY device_id
+           LIMIT $3""",  # noqa: S608 - constant columns
+        seq,
+        after,
+        limit,
+    )
+
+
+async def mark_published(conn: Connection, device_ids: list[str], versions: list[int]) -> int:
+    """Record what went out; returns the publish number given to this batch."""
+    seq: int = await conn.fetchval(
+        """WITH s AS (SELECT nextval('desired_publish_seq') AS seq),
+                done AS (
+                    UPDATE device_state d
+                    SET published_version = GREATEST(d.published_version, p.version),
+                        published_seq = (SELECT seq FROM s)
+                    FROM unnest($1::text[], $2::bigint[]) AS p (device_id, version)
+                    WHERE d.device_id = p.device_id)
+           SELECT seq FROM s""",
         device_ids,
         versions,
+    )
+    return seq
+
+
+async def last_publish_seq(conn: Connection) -> int:
+    value = await conn.fetchval("SELECT last_value FROM desired_publish_seq")
+    return int(value)
+
+
+async def broker_state(conn: Connection, broker: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT epoch, resync_after FROM broker_delivery WHERE broker = $1", broker
+    )
+
+
+async def set_broker_state(
+    conn: Connection, broker: str, *, epoch: str, resync_after: str | None
+) -> None:
+    await conn.execute(
+        """INSERT INTO broker_delivery (broker, epoch, resync_after) VALUES ($1, $2, $3)
+           ON CONFLICT (broker) DO UPDATE
+               SET epoch = EXCLUDED.epoch, resync_after = EXCLUDED.resync_after,
+                   updated_at = now()""",
+        broker,
+        epoch,
+        resync_after,
     )
 
 

@@ -7,7 +7,6 @@ from typing import Any
 import asyncpg
 
 from shared.db import Connection
-from shared.dynsec import BrokerCredential
 
 _LIST_COLUMNS = """d.device_id, d.tenant_id, d.name, d.tags, d.created_at,
        s.desired_version, s.reported_version, s.last_seen"""
@@ -77,20 +76,17 @@ async def insert(
     tenant_id: str,
     name: str,
     token_hash: bytes,
-    broker: BrokerCredential,
 ) -> bool:
     """Register a device and its state row; False when the id is taken (now or before)."""
     created = await conn.fetchval(
-        """INSERT INTO devices (device_id, tenant_id, name, token_hash, broker_salt, broker_hash)
-           VALUES ($1, $2, $3, $4, $5, $6)
+        """INSERT INTO devices (device_id, tenant_id, name, token_hash)
+           VALUES ($1, $2, $3, $4)
            ON CONFLICT (device_id) DO NOTHING
            RETURNING true""",
         device_id,
         tenant_id,
         name,
         token_hash,
-        broker.salt,
-        broker.password_hash,
     )
     if not created:
         return False
@@ -163,17 +159,14 @@ async def set_token(
     tenant_id: str,
     device_id: str,
     token_hash: bytes,
-    broker: BrokerCredential,
 ) -> bool:
     updated = await conn.fetchval(
-        """UPDATE devices SET token_hash = $3, broker_salt = $4, broker_hash = $5
+        """UPDATE devices SET token_hash = $3
            WHERE device_id = $1 AND tenant_id = $2 AND revoked_at IS NULL
            RETURNING true""",
         device_id,
         tenant_id,
         token_hash,
-        broker.salt,
-        broker.password_hash,
     )
     return bool(updated)
 
@@ -201,21 +194,6 @@ async def live_belongs(conn: Connection, *, tenant_id: str, device_id: str) -> b
             tenant_id,
         )
     )
-
-
-async def broker_accounts(conn: Connection) -> list[asyncpg.Record]:
-    """Every live device's broker credential, for rebuilding the broker's accounts."""
-    return await conn.fetch(
-        """SELECT device_id, tenant_id, broker_salt, broker_hash
-           FROM devices WHERE revoked_at IS NULL ORDER BY device_id"""
-    )
-
-
-async def revoked_ids(conn: Connection) -> list[str]:
-    return [
-        row["device_id"]
-        for row in await conn.fetch("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL")
-    ]
 
 
 async def get_profile(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:

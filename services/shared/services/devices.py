@@ -13,7 +13,6 @@ import asyncpg
 
 from shared import twin
 from shared.db import Connection
-from shared.dynsec import broker_credential
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.repositories import devices as devices_repo
 from shared.security import hash_provision_token, new_provision_token
@@ -56,7 +55,6 @@ async def create_device(
         tenant_id=tenant_id,
         name=name or device_id,
         token_hash=hash_provision_token(token),
-        broker=broker_credential(token),
     )
     if not created:
         raise Conflict(f"device id {device_id!r} is already in use")
@@ -70,7 +68,6 @@ async def rotate_token(conn: Connection, *, tenant_id: str, device_id: str) -> s
         tenant_id=tenant_id,
         device_id=device_id,
         token_hash=hash_provision_token(token),
-        broker=broker_credential(token),
     ):
         raise NotFound(f"device {device_id!r} not found")
     return token

@@ -13,12 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db import transaction
 from shared.errors import NotFound, PreconditionFailed, Unprocessable
 from shared.repositories import devices as devices_repo
-from shared.services import broker_accounts, device_profiles, devices, history, twins
+from shared.services import device_profiles, devices, history, twins
 from shared.services.history import Actor
 from shared.services.twin_reads import TwinReads
 from shared.settings import Settings
 from shared.web import ORJSONResponse, json_body, json_body_schema
-from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
+from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Operator, Pool, Viewer
 
 
 @asynccontextmanager
@@ -167,16 +167,10 @@ async def list_devices(
 
 
 @router.post("", status_code=201, response_model=DeviceCreated)
-async def create_device(body: DeviceCreate, who: Admin, pool: Pool, link: Link) -> dict[str, str]:
+async def create_device(body: DeviceCreate, who: Admin, pool: Pool) -> dict[str, str]:
     async with transaction(pool) as conn:
         created = await devices.create_device(
             conn, tenant_id=who.tenant_id, device_id=body.device_id, name=body.name
-        )
-        await broker_accounts.upsert(
-            link,
-            tenant_id=created.tenant_id,
-            device_id=created.device_id,
-            password=created.provision_token,
         )
     return created.as_json()
 
@@ -220,20 +214,18 @@ async def update_device(
 
 
 @router.delete("/{device_id}", status_code=204)
-async def delete_device(device_id: str, who: Admin, pool: Pool, link: Link) -> Response:
+async def delete_device(device_id: str, who: Admin, pool: Pool) -> Response:
+    """The broker cuts the device's session when the deletion commits (it LISTENs)."""
     async with transaction(pool) as conn:
         await devices.delete_device(conn, tenant_id=who.tenant_id, device_id=device_id)
-    await broker_accounts.remove(link, device_id)
     return Response(status_code=204)
 
 
 @router.post("/{device_id}/provision-token", response_model=TokenRotated)
-async def rotate_token(device_id: str, who: Admin, pool: Pool, link: Link) -> dict[str, str]:
+async def rotate_token(device_id: str, who: Admin, pool: Pool) -> dict[str, str]:
+    """The old token stops working at commit; the broker cuts a session that used it."""
     async with transaction(pool) as conn:
         token = await devices.rotate_token(conn, tenant_id=who.tenant_id, device_id=device_id)
-        await broker_accounts.upsert(
-            link, tenant_id=who.tenant_id, device_id=device_id, password=token
-        )
     return {"provision_token": token}
 
 
