@@ -14,7 +14,7 @@ from shared.repositories import twin_state
 from shared.services import devices, models
 
 # No ':' in a key, so a filter ``tag=key:value`` splits at its first ':' unambiguously.
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+TAG_KEY_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,63}\Z")
 MAX_TAG_VALUE = 256
 MAX_TAGS = 64
 

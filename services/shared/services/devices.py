@@ -17,8 +17,9 @@ from shared.errors import Conflict, NotFound, Unprocessable
 from shared.repositories import devices as devices_repo
 from shared.security import hash_provision_token, new_provision_token
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline.
+DEVICE_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+TENANT_ID_RE = re.compile(r"\A[a-z0-9][a-z0-9-]{0,62}\Z")
 SYNC_STATUSES = ("synced", "pending", "stale")
 
 
