@@ -130,3 +130,17 @@ async def desired_of_devices(
         after,
         limit,
     )
+
+
+async def lock_many_for_use(
+    conn: Connection, *, tenant_id: str, model_ids: list[str]
+) -> list[asyncpg.Record]:
+    """``lock_for_use`` for several models in one statement (those that exist)."""
+    return await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM device_models
+            WHERE tenant_id = $1 AND model_id = ANY($2::text[])
+            ORDER BY model_id
+            FOR KEY SHARE""",  # noqa: S608
+        tenant_id,
+        model_ids,
+    )

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db import transaction
 from shared.errors import NotFound, PreconditionFailed, Unprocessable
 from shared.repositories import devices as devices_repo
-from shared.services import device_profiles, devices, history, twins
+from shared.services import device_batches, device_profiles, devices, history, twins
 from shared.services.history import Actor
 from shared.services.twin_reads import TwinReads
 from shared.settings import Settings
@@ -48,6 +48,33 @@ class DeviceCreated(BaseModel):
     device_id: str
     tenant_id: str
     provision_token: str
+
+
+class BatchEntry(BaseModel):
+    """Checked by ``shared.services.device_batches`` (the CSV import shares the rules), so
+    a bad entry is a 422 naming its index rather than a schema error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str | None = None
+    name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    model_id: str | None = None
+
+
+class DeviceBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[BatchEntry] = Field(min_length=1, max_length=device_batches.MAX_BATCH)
+
+
+class BatchDevice(BaseModel):
+    device_id: str
+    provision_token: str
+
+
+class BatchCreated(BaseModel):
+    items: list[BatchDevice]
 
 
 class TokenRotated(BaseModel):
@@ -150,6 +177,9 @@ async def list_devices(
     tag: Annotated[list[str] | None, Query(description="key:value; repeat to AND")] = None,
     model_id: str | None = None,
     q: Annotated[str | None, Query(description="text in the device id or name")] = None,
+    connected: Annotated[
+        bool | None, Query(description="true: connected to the broker now; false: not")
+    ] = None,
 ) -> dict[str, Any]:
     return await devices.list_devices(
         conn,
@@ -159,6 +189,7 @@ async def list_devices(
             tags=devices.parse_tag_filters(tag or []),
             model_id=model_id,
             text=q,
+            connected=connected,
         ),
         cursor=cursor,
         limit=limit,
@@ -173,6 +204,35 @@ async def create_device(body: DeviceCreate, who: Admin, pool: Pool) -> dict[str,
             conn, tenant_id=who.tenant_id, device_id=body.device_id, name=body.name
         )
     return created.as_json()
+
+
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=BatchCreated,
+    responses={
+        409: {
+            "description": "ids repeated in the batch or already taken (now or before, in any "
+            "tenant): `detail.conflicts` lists `{index, device_id}`; nothing is written"
+        },
+        422: {
+            "description": "bad entries (`detail.errors` lists `{index, device_id, message}`), "
+            "an unknown model, or not 1 to 1000 entries; nothing is written"
+        },
+    },
+)
+async def create_device_batch(body: DeviceBatch, who: Admin, pool: Pool) -> dict[str, Any]:
+    """Register up to 1000 devices in one transaction, all or nothing; each token is shown
+    once, in entry order."""
+    specs = [
+        device_batches.DeviceSpec(
+            device_id=entry.device_id, name=entry.name, tags=entry.tags, model_id=entry.model_id
+        )
+        for entry in body.devices
+    ]
+    async with transaction(pool) as conn:
+        created = await device_batches.create_devices(conn, tenant_id=who.tenant_id, specs=specs)
+    return {"items": [device.as_json() for device in created]}
 
 
 @router.get("/{device_id}")
