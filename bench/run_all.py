@@ -22,6 +22,9 @@ SUITE = [
     ["http_api.py"],
     ["fleet_scale.py"],
     ["fleet_job.py", "--devices", "100000"],
+    # 10k per phase (about a minute): the full 100k figures take ~10 minutes, see
+    # docs/benchmarks.md "Provisioning".
+    ["provision.py", "--devices", "10000"],
 ]
 
 
