@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
@@ -177,6 +178,17 @@ async def test_batch_is_all_or_nothing_and_names_the_entries(stack: Stack) -> No
     # The refused batches left their ids free.
     retry = await stack.ui.post(BATCH, json=batch({"device_id": "x"}), headers=admin)
     assert retry.status_code == 201, retry.text
+
+
+async def test_overlapping_batches_one_wins_and_none_deadlocks(stack: Stack) -> None:
+    _, admin = await stack.tenant("admin")
+    ids = [f"race-{i:04d}" for i in range(1000)]
+    bodies = [{"devices": [{"device_id": i} for i in order]} for order in (ids, ids[::-1])]
+    responses = await asyncio.gather(
+        *(stack.ui.post(BATCH, json=body, headers=admin) for body in bodies)
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
+    assert await summary_total(stack, admin) == 1000
 
 
 async def test_batch_needs_an_admin(stack: Stack) -> None:

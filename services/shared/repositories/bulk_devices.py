@@ -56,6 +56,7 @@ async def insert_new(
            SELECT i.device_id, $1, i.name, i.tags::jsonb, i.model_id, i.token_hash
            FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
                AS i (device_id, name, tags, model_id, token_hash)
+           ORDER BY i.device_id  -- overlapping batches wait on each other, never deadlock
            ON CONFLICT (device_id) DO NOTHING
            RETURNING device_id""",
         tenant_id,
