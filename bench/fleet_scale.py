@@ -132,6 +132,7 @@ def summary_calls(
             "synced": size - pending,
             "pending": pending,
             "stale": 0,
+            "connected": 0,
         }
 
     async def summary_sql() -> None:

@@ -164,7 +164,7 @@ async def test_summary_counts(stack: Stack) -> None:
     counts = {status: 0 for status in ("synced", "pending", "stale")}
     for i in range(10_000):
         counts[expected_status(i)] += 1
-    assert response.json() == {"total": 10_000, **counts}
+    assert response.json() == {"total": 10_000, **counts, "connected": 0}
 
     _, empty = await stack.tenant("viewer")
     assert (await stack.ui.get("/customer/fleet/summary", headers=empty)).json() == {
@@ -172,6 +172,7 @@ async def test_summary_counts(stack: Stack) -> None:
         "synced": 0,
         "pending": 0,
         "stale": 0,
+        "connected": 0,
     }
     assert (await stack.ui.get("/customer/fleet/summary")).status_code == 401
 

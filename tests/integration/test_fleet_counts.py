@@ -59,7 +59,7 @@ async def summary_and_truth(
     summary = await fleet.summary(conn, tenant_id=tenant_id, stale_after=stale_after)
     now = await conn.fetchval("SELECT now()")
     rows = await conn.fetch(
-        """SELECT desired_version, reported_version, last_seen FROM device_state
+        """SELECT desired_version, reported_version, last_seen, connected FROM device_state
            WHERE tenant_id = $1""",
         tenant_id,
     )
@@ -73,7 +73,11 @@ async def summary_and_truth(
         )
         for row in rows
     )
-    truth = {"total": len(rows), **{s: statuses[s] for s in ("synced", "pending", "stale")}}
+    truth = {
+        "total": len(rows),
+        **{s: statuses[s] for s in ("synced", "pending", "stale")},
+        "connected": sum(row["connected"] for row in rows),
+    }
     return summary, truth
 
 
@@ -81,7 +85,9 @@ async def assert_exact(conn: asyncpg.Connection, tenant_id: str, **expected: int
     summary, truth = await summary_and_truth(conn, tenant_id)
     assert summary == truth, tenant_id
     if expected:
-        assert summary == {"synced": 0, "pending": 0, "stale": 0, **expected}, tenant_id
+        assert summary == {"synced": 0, "pending": 0, "stale": 0, "connected": 0, **expected}, (
+            tenant_id
+        )
 
 
 async def test_counts_follow_creates_contacts_desired_writes_reports_and_deletes(
@@ -124,6 +130,7 @@ async def test_counts_follow_creates_contacts_desired_writes_reports_and_deletes
             stack.broker.port,
             username="cnt-a1",
             password=devices[1]["provision_token"],
+            identifier="cnt-a1",
         ) as client:
             await client.publish(
                 reported_topic(tenant, "cnt-a1"),
@@ -149,7 +156,7 @@ async def test_counts_follow_creates_contacts_desired_writes_reports_and_deletes
 
         await stack.device(admin, device_id="cnt-a9")
         api = await stack.ui.get("/customer/fleet/summary", headers=admin)
-        assert api.json() == {"total": 4, "synced": 1, "pending": 0, "stale": 3}
+        assert api.json() == {"total": 4, "synced": 1, "pending": 0, "stale": 3, "connected": 0}
     finally:
         await conn.close()
 
@@ -377,7 +384,13 @@ async def test_stale_and_pending_follow_the_clock_without_any_write(
                                 FROM device_state ORDER BY device_id"""
             written = await conn.fetch(status_columns)
             first = await stack.ui.get("/customer/fleet/summary", headers=admin)
-            assert first.json() == {"total": 2, "synced": 1, "pending": 1, "stale": 0}
+            assert first.json() == {
+                "total": 2,
+                "synced": 1,
+                "pending": 1,
+                "stale": 0,
+                "connected": 0,
+            }
 
             async def all_stale() -> dict[str, Any] | None:
                 body: dict[str, Any] = (
@@ -391,6 +404,7 @@ async def test_stale_and_pending_follow_the_clock_without_any_write(
                 "synced": 0,
                 "pending": 0,
                 "stale": 2,
+                "connected": 0,
             }
             assert await conn.fetch(status_columns) == written  # no contact, no write
             summary, truth = await summary_and_truth(conn, tenant, settings.stale_after)
@@ -451,6 +465,11 @@ async def test_the_migration_backfills_counts_under_writers_and_concurrent_migra
         conns = [await db.connect(url, application_name=f"tests-{n}") for n in range(4)]
         setup, early, late, check = conns
         await db.migrate(setup, before_008)
+        # Columns of that era that migration 011 drops; the fleet helpers no longer fill them.
+        await setup.execute(
+            "ALTER TABLE devices ALTER COLUMN broker_salt SET DEFAULT '', "
+            "ALTER COLUMN broker_hash SET DEFAULT ''"
+        )
         for tenant in ("mig-a", "mig-b"):
             await setup.execute("INSERT INTO tenants (tenant_id, name) VALUES ($1, $1)", tenant)
         await add_fleet(url, "mig-a", 3_000)

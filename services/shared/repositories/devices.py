@@ -9,7 +9,7 @@ import asyncpg
 from shared.db import Connection
 
 _LIST_COLUMNS = """d.device_id, d.tenant_id, d.name, d.tags, d.created_at,
-       s.desired_version, s.reported_version, s.last_seen"""
+       s.desired_version, s.reported_version, s.last_seen, s.connected"""
 
 # The SQL twin of shared.twin.sync_status, for filtering inside the database; {cutoff} is
 # the parameter holding ``now() - stale_after``. Pending says "IS TRUE" as well so that the
@@ -31,6 +31,7 @@ class DeviceFilter:
     model_id: str | None = None
     text: str | None = None
     device_ids: tuple[str, ...] | None = None
+    connected: bool | None = None
 
 
 def _like_pattern(text: str) -> str:
@@ -66,6 +67,12 @@ def filter_sql(
         clauses.append(f"(d.device_id ILIKE {pattern} OR d.name ILIKE {pattern})")
     if device_filter.device_ids is not None:
         clauses.append(f"d.device_id = ANY({arg(list(device_filter.device_ids))}::text[])")
+    # Literal conditions, not parameters: the planner matches ``s.connected`` to the
+    # partial index of connected devices only when it sees the value.
+    if device_filter.connected is True:
+        clauses.append("s.connected")
+    elif device_filter.connected is False:
+        clauses.append("NOT s.connected")
     return " AND ".join(clauses)
 
 

@@ -20,11 +20,14 @@ async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -
     pending counts as kept by triggers (migrations 008 and 010), the stale devices and the
     pending ones among them as index-only ranges (``idx_device_state_last_seen``,
     ``idx_device_state_pending_last_seen``). The cost grows with the stale devices, not with
-    the fleet; pending is the kept count less the stale ones, synced what is left."""
+    the fleet; pending is the kept count less the stale ones, synced what is left. The
+    connected devices are a kept count too (migration 012)."""
     row = await conn.fetchrow(
-        """SELECT kept.total, kept.pending - stale_pending.n AS pending, stale.n AS stale
+        """SELECT kept.total, kept.pending - stale_pending.n AS pending, stale.n AS stale,
+                  kept.connected
            FROM (SELECT COALESCE(sum(devices), 0)::bigint AS total,
-                        COALESCE(sum(pending), 0)::bigint AS pending
+                        COALESCE(sum(pending), 0)::bigint AS pending,
+                        COALESCE(sum(connected), 0)::bigint AS connected
                  FROM tenant_device_counts WHERE tenant_id = $1) AS kept,
                 -- Two ranges each, index-only; "IS NULL OR <" as one condition is a bitmap
                 -- scan that reads the heap.

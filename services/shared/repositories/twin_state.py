@@ -7,7 +7,8 @@ import asyncpg
 from shared.db import Connection
 
 _TWIN_COLUMNS = """s.device_id, s.tenant_id, s.desired_state, s.reported_state,
-       s.desired_version, s.reported_version, s.shadow_updated_at, s.last_seen"""
+       s.desired_version, s.reported_version, s.shadow_updated_at, s.last_seen,
+       s.connected, s.connected_at, s.disconnected_at"""
 
 
 async def get(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:

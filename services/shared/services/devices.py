@@ -105,6 +105,7 @@ def device_summary(row: asyncpg.Record, *, stale_after: timedelta) -> dict[str, 
         "desired_version": row["desired_version"],
         "reported_version": row["reported_version"],
         "last_seen": last_seen.isoformat() if last_seen else None,
+        "connected": row["connected"],
         "created_at": row["created_at"].isoformat(),
     }
 
@@ -135,6 +136,7 @@ def device_filter(
     model_id: str | None = None,
     text: str | None = None,
     device_ids: list[str] | None = None,
+    connected: bool | None = None,
 ) -> devices_repo.DeviceFilter:
     """A validated filter; bad values are 422, never a database error."""
     if sync_status is not None and sync_status not in SYNC_STATUSES:
@@ -155,6 +157,7 @@ def device_filter(
         model_id=model_id,
         text=text or None,
         device_ids=tuple(device_ids) if device_ids is not None else None,
+        connected=connected,
     )
 
 

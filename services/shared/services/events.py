@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import orjson
@@ -142,25 +142,38 @@ def parse_last_event_id(value: str | None) -> int | None:
     return int(text)
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def _frame(row: asyncpg.Record, *, stale_after: timedelta) -> bytes:
-    data: dict[str, object] = {
-        "device_id": row["device_id"],
-        "desired_version": row["desired_version"],
-        "reported_version": row["reported_version"],
-        # The status at the moment of the change, so every replica sends the same bytes.
-        "sync_status": twin.sync_status(
-            row["desired_version"],
-            row["reported_version"],
-            row["last_seen"],
-            now=row["at"],
-            stale_after=stale_after,
-        ),
-        "at": row["at"].isoformat(),
-    }
-    kind = "twin"
-    if row["kind"] == "deleted":
-        kind = "deleted"
-        data["deleted"] = True
+    kind: str = row["kind"]
+    data: dict[str, object]
+    if kind == "presence":
+        data = {
+            "device_id": row["device_id"],
+            "connected": bool(row["connected"]),
+            "connected_at": _iso(row["connected_at"]),
+            "disconnected_at": _iso(row["disconnected_at"]),
+            "at": row["at"].isoformat(),
+        }
+    else:
+        data = {
+            "device_id": row["device_id"],
+            "desired_version": row["desired_version"],
+            "reported_version": row["reported_version"],
+            # The status at the moment of the change, so every replica sends the same bytes.
+            "sync_status": twin.sync_status(
+                row["desired_version"],
+                row["reported_version"],
+                row["last_seen"],
+                now=row["at"],
+                stale_after=stale_after,
+            ),
+            "at": row["at"].isoformat(),
+        }
+        if kind == "deleted":
+            data["deleted"] = True
     return f"id: {row['seq']}\nevent: {kind}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
 
 

@@ -50,7 +50,9 @@ def stream_principal(
             "content": {"text/event-stream": {}},
             "description": "`event: twin` with `data: {device_id, desired_version, "
             "reported_version, sync_status, at}` and `id: <n>`; `event: deleted` when a "
-            "device is deleted; `: heartbeat` comments every 15 s",
+            "device is deleted; `event: presence` with `data: {device_id, connected, "
+            "connected_at, disconnected_at, at}` when a device connects to or disconnects "
+            "from the broker; `: heartbeat` comments every 15 s",
         }
     },
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.services import fleet
 from shared.web import json_body, json_body_schema
@@ -19,6 +19,7 @@ class FleetSummary(BaseModel):
     synced: int
     pending: int
     stale: int
+    connected: int = Field(description="devices connected to the broker now")
 
 
 class JobQueued(BaseModel):
@@ -49,7 +50,7 @@ _JOB_BODY = json_body_schema(
 
 @router.get("/summary", response_model=FleetSummary)
 async def summary(who: Viewer, conn: Conn, settings: AppSettings) -> dict[str, int]:
-    """Device counts by sync status, straight from the database."""
+    """Device counts by sync status, and how many are connected, straight from the database."""
     return await fleet.summary(conn, tenant_id=who.tenant_id, stale_after=settings.stale_after)
 
 
