@@ -65,7 +65,9 @@ def create_app(settings: Settings) -> FastAPI:
             persistent=True,
             manual_ack=True,
         )
-        publisher = DesiredPublisher(pool, link, settings.database_url)
+        publisher = DesiredPublisher(
+            pool, link, settings.database_url, stale_after=settings.stale_after
+        )
         bridge.link = link
         app.state.pool, app.state.link, app.state.publisher = pool, link, publisher
         app.state.report_batcher = batcher

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import timedelta
 
 import aiomqtt
 import asyncpg
 import orjson
 
+from ingest_iot import presence
 from ingest_iot.metrics import DESIRED_LAG, DESIRED_PUBLISHED
 from shared import db
 from shared.aio import wait_event, within
@@ -67,8 +69,16 @@ async def read_marker(target: MqttTarget, *, timeout: float = 2.0) -> dict[str, 
 
 
 class DesiredPublisher:
-    def __init__(self, pool: asyncpg.Pool, link: BrokerLink, database_url: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        link: BrokerLink,
+        database_url: str,
+        *,
+        stale_after: timedelta = timedelta(hours=1),
+    ) -> None:
         self._pool = pool
+        self._stale_after = stale_after
         self._link = link
         self._database_url = database_url
         self._broker = link.target.display()
@@ -78,7 +88,9 @@ class DesiredPublisher:
         self._resync = asyncio.Event()
         self._publishing = asyncio.Lock()  # one page at a time: no older state after a newer
         self.leader = False
-        self.republished = 0  # after the last broker connect, for tests and metrics
+        self.republished = 0  # sent again after the last broker connect: what it had lost
+        self.filled = 0  # sent to fill fresh brokers
+        self.recoveries = 0  # broker connects handled
 
     def broker_connected(self) -> None:
         """Called on every broker (re)connect: find out what the broker kept."""
@@ -116,6 +128,11 @@ class DesiredPublisher:
             log.info("this replica publishes desired state")
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._fill_fresh_broker(), name="desired-resync")
+                # Leader-only work that is not about desired state: one replica at a time.
+                tasks.create_task(
+                    presence.keep_connected_seen(self._pool, stale_after=self._stale_after),
+                    name="presence-refresh",
+                )
                 await self._serve(conn)
         finally:
             conn.terminate()
@@ -166,12 +183,14 @@ class DesiredPublisher:
             )
             if state["resync_after"] is not None:
                 self._resync.set()
+            self.recoveries += 1
             return
         self._epoch = uuid.uuid4().hex
         async with self._pool.acquire() as conn:
             await delivery.set_broker_state(conn, self._broker, epoch=self._epoch, resync_after="")
         log.info("broker %s has no delivery marker: filling it in the background", self._broker)
         self._resync.set()
+        self.recoveries += 1
 
     async def _fill_fresh_broker(self) -> None:
         """Every device's desired state to a fresh broker, a page at a time, resumable."""
@@ -199,7 +218,7 @@ class DesiredPublisher:
                                 epoch=epoch,
                                 resync_after=rows[-1]["device_id"] if rows else None,
                             )
-                    self.republished += len(rows)
+                    self.filled += len(rows)
                     await asyncio.sleep(0)  # the flush's turn
             except Exception as exc:  # picked up again at the next broker connect
                 log.warning("background fill of the broker interrupted: %r", exc)
