@@ -22,7 +22,7 @@ import orjson
 from harness import machine, operator_headers, percentile, profile, scratch
 
 from iotcloud.provisioning import provision_fleet
-from shared.mqtt import parse_mqtt_url
+from shared.mqtt import SERVICE_CLIENT_PREFIX, parse_mqtt_url
 from shared.topics import desired_topic
 
 TENANT = "bench"
@@ -73,10 +73,18 @@ async def main(writes: int, profiled_service: str | None) -> dict[str, float]:
             device = Device()
             async with (
                 aiomqtt.Client(
-                    target.host, target.port, username=device_id, password=token
+                    target.host,
+                    target.port,
+                    username=device_id,
+                    password=token,
+                    identifier=device_id,
                 ) as device_client,
                 aiomqtt.Client(
-                    target.host, target.port, username=target.username, password=target.password
+                    target.host,
+                    target.port,
+                    username=target.username,
+                    password=target.password,
+                    identifier=f"{SERVICE_CLIENT_PREFIX}bench-fanout",
                 ) as service_client,
                 httpx.AsyncClient(base_url=ui.url, headers=operator_headers(TENANT)) as api,
                 asyncio.TaskGroup() as tasks,

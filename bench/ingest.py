@@ -43,7 +43,7 @@ from harness import (
 
 from iotcloud import embedded
 from shared import db
-from shared.mqtt import parse_mqtt_url
+from shared.mqtt import SERVICE_CLIENT_PREFIX, parse_mqtt_url
 from shared.topics import REPORTED_SUBSCRIPTION
 
 TENANT = "bench"
@@ -54,7 +54,9 @@ class BareSubscriber:
 
     def __init__(self, mqtt_url: str) -> None:
         target = parse_mqtt_url(mqtt_url)
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-bare")
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"{SERVICE_CLIENT_PREFIX}bench-bare"
+        )
         self.client.username_pw_set(target.username, target.password)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda client, *_: client.subscribe(REPORTED_SUBSCRIPTION, 1)

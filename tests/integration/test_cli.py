@@ -129,6 +129,8 @@ def _broker_login(port: int, username: str, password: str) -> int:
             username,
             "-P",
             password,
+            "-i",
+            username,
             "-t",
             f"tenant/acme/device/{username}/shadow/desired",
             "-C",

@@ -244,6 +244,7 @@ async def test_the_bridge_batches_and_keeps_every_devices_order(stack: Stack) ->
                 stack.broker.port,
                 username=device["device_id"],
                 password=device["provision_token"],
+                identifier=device["device_id"],
             ) as client:
                 for n in range(1, per_device + 1):
                     await client.publish(

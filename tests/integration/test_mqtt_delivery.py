@@ -35,7 +35,11 @@ async def test_reports_apply_once_each_in_delivery_order(stack: Stack) -> None:
     device = await stack.device(headers)
     device_id = device["device_id"]
     async with aiomqtt.Client(
-        "127.0.0.1", stack.broker.port, username=device_id, password=device["provision_token"]
+        "127.0.0.1",
+        stack.broker.port,
+        username=device_id,
+        password=device["provision_token"],
+        identifier=device_id,
     ) as client:
         for counter in range(1, 101):
             await client.publish(

@@ -24,7 +24,7 @@ from tests.support import ROOT, Broker, eventually, free_port
 def fallback_broker(tmp_path: Path, database_url: str) -> Iterator[Broker]:
     """``python -m iotcloud.fallback_broker`` as ``iotcloud up`` runs it, on a free port."""
     # Same home and port as the broker's handle, so its service secret is the one we use.
-    handle = Broker(tmp_path / "home", free_port())
+    handle = Broker(tmp_path / "home", free_port(), database_url)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,

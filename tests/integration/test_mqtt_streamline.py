@@ -9,7 +9,13 @@ import uuid
 
 import aiomqtt
 
-from shared.mqtt import NO_DELAY, parse_mqtt_url, publish_nowait, streamline
+from shared.mqtt import (
+    NO_DELAY,
+    SERVICE_CLIENT_PREFIX,
+    parse_mqtt_url,
+    publish_nowait,
+    streamline,
+)
 from tests.support import Broker
 
 
@@ -20,7 +26,7 @@ def service_client(broker: Broker, **options: int) -> aiomqtt.Client:
         target.port,
         username=target.username,
         password=target.password,
-        identifier=f"streamline-{uuid.uuid4().hex[:8]}",
+        identifier=f"{SERVICE_CLIENT_PREFIX}streamline-{uuid.uuid4().hex[:8]}",
         timeout=5,
         socket_options=NO_DELAY,
         **options,

@@ -130,6 +130,7 @@ async def device_can_log_in(up: Up, device: NewDevice) -> bool:
             up.broker_port,
             username=device.device_id,
             password=device.provision_token,
+            identifier=device.device_id,
             timeout=3,
         ):
             return True
