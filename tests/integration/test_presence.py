@@ -95,8 +95,12 @@ async def test_twin_list_profile_and_summary_follow_connects_disconnects_and_del
             "pr-b": False,
             "pr-c": False,
         }
-        profile = await stack.ui.get("/customer/devices/pr-a", headers=admin)
-        assert profile.json()["connected"] is True
+        profile = (await stack.ui.get("/customer/devices/pr-a", headers=admin)).json()
+        assert profile["connected"] is True
+        assert (profile["connected_at"], profile["disconnected_at"]) == (
+            online["connected_at"],
+            None,
+        )
         assert (await summary(stack, admin))["connected"] == 1
         assert (await summary(stack, other_admin))["connected"] == 0
 

@@ -9,7 +9,8 @@ import asyncpg
 from shared.db import Connection
 
 _LIST_COLUMNS = """d.device_id, d.tenant_id, d.name, d.tags, d.created_at,
-       s.desired_version, s.reported_version, s.last_seen, s.connected"""
+       s.desired_version, s.reported_version, s.last_seen,
+       s.connected, s.connected_at, s.disconnected_at"""
 
 # The SQL twin of shared.twin.sync_status, for filtering inside the database; {cutoff} is
 # the parameter holding ``now() - stale_after``. Pending says "IS TRUE" as well so that the

@@ -6,7 +6,7 @@ import base64
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -93,6 +93,10 @@ def decode_cursor(cursor: str) -> str:
     return value
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def device_summary(row: asyncpg.Record, *, stale_after: timedelta) -> dict[str, Any]:
     last_seen = row["last_seen"]
     return {
@@ -106,6 +110,8 @@ def device_summary(row: asyncpg.Record, *, stale_after: timedelta) -> dict[str, 
         "reported_version": row["reported_version"],
         "last_seen": last_seen.isoformat() if last_seen else None,
         "connected": row["connected"],
+        "connected_at": _iso(row["connected_at"]),
+        "disconnected_at": _iso(row["disconnected_at"]),
         "created_at": row["created_at"].isoformat(),
     }
 
