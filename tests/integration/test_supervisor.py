@@ -63,9 +63,15 @@ class Up:
         return True
 
 
-def start_up(tmp_path: Path, database_url: str, **extra_env: str) -> Up:
-    home = tmp_path / "home"
-    home.mkdir()
+def start_up(
+    tmp_path: Path, database_url: str, *, home: Path | None = None, **extra_env: str
+) -> Up:
+    """``iotcloud up`` in its own home under ``tmp_path``, or in a ``home`` shared with another
+    instance (two instances of one checkout)."""
+    if home is None:
+        home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    tmp_path.mkdir(exist_ok=True)
     up = Up(
         process=None,  # type: ignore[arg-type]
         home=home,
@@ -85,6 +91,7 @@ def start_up(tmp_path: Path, database_url: str, **extra_env: str) -> Up:
         "UI_PORT": str(up.ui_port),
         "INGEST_PORT": str(up.ingest_port),
         "IOTCLOUD_BROKER_PORT": str(up.broker_port),
+        "IOTCLOUD_BROKER_TLS_PORT": str(free_port()),
         "PYTHONPATH": str(ROOT / "services"),
         **extra_env,
     }
@@ -186,3 +193,23 @@ async def test_up_falls_back_to_the_in_process_broker(
     assert await device_can_log_in(up, device)
     await kill_and_wait_for_restart(up, "broker")
     await eventually(lambda: device_can_log_in(up, device), timeout=10, interval=0.2)
+
+
+async def test_two_instances_in_one_checkout_share_no_broker_state(
+    tmp_path: Path, database_url: str, stop_after: list[Up]
+) -> None:
+    """Issue 12: the second instance's broker refused its own services while the first ran,
+    because both kept their accounts in one file."""
+    shared_home = tmp_path / "checkout"
+    first = start_up(tmp_path / "first", database_url, home=shared_home)
+    stop_after.append(first)
+    await eventually(first.ready, timeout=60, interval=0.5)
+    second = start_up(tmp_path / "second", database_url, home=shared_home)
+    stop_after.append(second)
+    await eventually(second.ready, timeout=60, interval=0.5)  # its ingest_iot is on its broker
+    assert await first.ready()
+    device = await make_device(database_url, first)
+    assert await device_can_log_in(first, device)
+    assert await device_can_log_in(second, device)
+    assert (shared_home / f"broker-{first.broker_port}").is_dir()
+    assert (shared_home / f"broker-{second.broker_port}").is_dir()
