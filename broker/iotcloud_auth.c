@@ -53,6 +53,7 @@
 #define MAX_PRESENCE_QUEUE 1000000
 #define PRESENCE_BATCH 5000
 #define RECONNECT_INTERVAL_NS 1000000000L
+#define RECHECK_BATCH 1000
 
 struct entry {
 	struct entry *next;
@@ -69,6 +70,7 @@ struct presence_event {
 };
 
 struct pg {
+	const char *application_name;
 	PGconn *conn;
 	bool connecting;
 	long next_attempt_ns;
@@ -93,8 +95,15 @@ static struct {
 	struct pg async; /* LISTEN, presence writes; never awaited */
 	bool listening;
 	bool started_recorded;
-	enum { IDLE, SENT_LISTEN, SENT_STARTED, SENT_PRESENCE } async_query;
+	enum { IDLE, SENT_LISTEN, SENT_STARTED, SENT_PRESENCE, SENT_RECHECK } async_query;
 	size_t in_flight; /* presence events sent in the running query */
+	bool listened_before;
+	/* After LISTEN is back, connected devices are checked again, a batch at a time: a
+	 * revocation may have been missed while the connection was away. */
+	bool rechecking;
+	size_t recheck_bucket;
+	char *recheck_names[RECHECK_BATCH];
+	size_t recheck_count;
 
 	struct presence_event *queue;
 	size_t queue_len;
@@ -286,6 +295,13 @@ static void pg_close(struct pg *pg)
 	pg->next_attempt_ns = now_ns() + RECONNECT_INTERVAL_NS;
 }
 
+static PGconn *pg_start(struct pg *pg)
+{
+	const char *keys[] = {"dbname", "application_name", NULL};
+	const char *values[] = {S.conninfo, pg->application_name, NULL};
+	return PQconnectStartParams(keys, values, 1);
+}
+
 /* Advance a connection without blocking; true once it is ready for queries. */
 static bool pg_ready(struct pg *pg, const char *name)
 {
@@ -297,7 +313,7 @@ static bool pg_ready(struct pg *pg, const char *name)
 	}
 	if(pg->conn == NULL){
 		if(now_ns() < pg->next_attempt_ns) return false;
-		pg->conn = PQconnectStart(S.conninfo);
+		pg->conn = pg_start(pg);
 		if(pg->conn == NULL || PQstatus(pg->conn) == CONNECTION_BAD){
 			pg_close(pg);
 			return false;
@@ -427,6 +443,64 @@ static char *presence_json(size_t count)
 	return json;
 }
 
+static void on_notification(const char *device_id);
+
+static void recheck_clear(void)
+{
+	for(size_t i = 0; i < S.recheck_count; i++) free(S.recheck_names[i]);
+	S.recheck_count = 0;
+}
+
+/* The next batch of connected devices, as a PostgreSQL array literal (device ids need no
+ * quoting); NULL when every bucket has been visited. */
+static char *recheck_batch(void)
+{
+	recheck_clear();
+	while(S.recheck_bucket < S.bucket_count && S.recheck_count < RECHECK_BATCH){
+		for(struct entry *e = S.buckets[S.recheck_bucket]; e; e = e->next){
+			if(e->client && S.recheck_count < RECHECK_BATCH){
+				S.recheck_names[S.recheck_count++] = strdup(e->username);
+			}
+		}
+		S.recheck_bucket++;
+	}
+	if(S.recheck_count == 0) return NULL;
+	char *literal = malloc(3 + S.recheck_count * (MAX_DEVICE_ID + 1));
+	if(literal == NULL) return NULL;
+	size_t at = 0;
+	literal[at++] = '{';
+	for(size_t i = 0; i < S.recheck_count; i++){
+		if(S.recheck_names[i] == NULL) continue;
+		if(at > 1) literal[at++] = ',';
+		size_t len = strlen(S.recheck_names[i]);
+		memcpy(literal + at, S.recheck_names[i], len);
+		at += len;
+	}
+	literal[at++] = '}';
+	literal[at] = '\0';
+	return literal;
+}
+
+/* Cut every checked device whose credential is gone or changed. */
+static void recheck_result(PGresult *result)
+{
+	for(size_t i = 0; i < S.recheck_count; i++){
+		const char *name = S.recheck_names[i];
+		if(name == NULL) continue;
+		struct entry *e = find(name);
+		if(e == NULL || e->client == NULL) continue;
+		bool current = false;
+		for(int row = 0; row < PQntuples(result); row++){
+			if(strcmp(PQgetvalue(result, row, 0), name) == 0){
+				current = same_hash(PQgetvalue(result, row, 1), e->password_hash);
+				break;
+			}
+		}
+		if(!current) on_notification(name);
+	}
+	recheck_clear();
+}
+
 static void async_send(void)
 {
 	if(!S.listening){
@@ -438,6 +512,21 @@ static void async_send(void)
 			unlink_entries(true);
 		}
 		return;
+	}
+	if(S.rechecking){
+		char *names = recheck_batch();
+		if(names == NULL){
+			S.rechecking = false;
+		}else{
+			const char *params[1] = {names};
+			if(PQsendQueryParams(S.async.conn, "SELECT username, password_hash "
+					"FROM broker_credentials WHERE username = ANY($1::text[])", 1, NULL, params,
+					NULL, NULL, 0)){
+				S.async_query = SENT_RECHECK;
+			}
+			free(names);
+			return;
+		}
 	}
 	if(!S.started_recorded){
 		const char *params[1] = {S.broker};
@@ -469,8 +558,17 @@ static void async_finished(bool ok)
 		S.queue_overflowed = false;
 	}else if(ok && S.async_query == SENT_STARTED){
 		S.started_recorded = true;
+	}else if(ok && S.async_query == SENT_LISTEN){
+		if(S.listened_before){
+			S.rechecking = true;
+			S.recheck_bucket = 0;
+		}
+		S.listened_before = true;
 	}else if(!ok && S.async_query == SENT_LISTEN){
 		S.listening = false;
+	}else if(!ok && S.async_query == SENT_RECHECK){
+		recheck_clear();
+		S.rechecking = false;
 	}
 	S.async_query = IDLE;
 	S.in_flight = 0;
@@ -520,6 +618,7 @@ static void async_tick(void)
 			async_finished(false);
 			break;
 		}
+		if(S.async_query == SENT_RECHECK) recheck_result(result);
 		PQclear(result);
 	}
 	PGnotify *note;
@@ -712,8 +811,12 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	S.buckets = calloc(S.bucket_count, sizeof(*S.buckets));
 	if(!S.conninfo || !S.service_user || !S.service_prefix || !S.buckets) return MOSQ_ERR_NOMEM;
 
+	S.auth.application_name = "iotcloud-broker-auth";
+	S.async.application_name = "iotcloud-broker-listen";
 	/* At start-up the broker may wait: open the lookup connection now. */
-	S.auth.conn = PQconnectdb(S.conninfo);
+	const char *keys[] = {"dbname", "application_name", NULL};
+	const char *values[] = {S.conninfo, S.auth.application_name, NULL};
+	S.auth.conn = PQconnectdbParams(keys, values, 1);
 	if(PQstatus(S.auth.conn) != CONNECTION_OK){
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "iotcloud_auth: database not reachable yet: %s",
 				PQerrorMessage(S.auth.conn));
@@ -753,6 +856,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	}
 	pg_close(&S.auth);
 	pg_close(&S.async);
+	recheck_clear();
 	unlink_entries(false);
 	free(S.buckets);
 	free(S.queue);

@@ -423,3 +423,33 @@ async def test_a_restarted_broker_still_knows_every_device_and_clears_old_presen
     async with device_client(stack.broker.port, device_id, device["provision_token"]) as dev:
         granted = await dev.subscribe(desired_topic(tenant_id, device_id), qos=1)
         assert list(granted) == [1]
+
+
+async def test_a_revocation_missed_while_the_broker_was_away_from_the_database_still_cuts(
+    stack: Stack,
+) -> None:
+    """The notification is lost with the broker's LISTEN connection; when that comes back,
+    the broker checks every connected device again."""
+    tenant_id, headers = await stack.tenant("admin")
+    device = await stack.device(headers)
+    device_id = device["device_id"]
+    async with device_client(stack.broker.port, device_id, device["provision_token"]) as live:
+        await live.subscribe(desired_topic(tenant_id, device_id), qos=1)
+        conn = await asyncpg_connect(stack)
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE devices SET token_hash = sha256('other'::bytea) WHERE device_id = $1",
+                    device_id,
+                )
+                cut = await conn.fetchval(
+                    """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                       WHERE application_name = 'iotcloud-broker-listen'
+                         AND datname = current_database()"""
+                )
+                assert cut == 1
+                await conn.execute("SELECT pg_sleep(0.3)")  # gone before the NOTIFY
+        finally:
+            await conn.close()
+        assert await session_dropped(live, timeout=10), "the revoked session survived"
+    assert await refused(stack.broker.port, device_id, device["provision_token"], device_id)
