@@ -1,11 +1,11 @@
 import { useEffect, useRef, useState } from 'react';
-import { liveEvents, type LiveEvents, type StreamState, type TwinEvent } from '../services/api/events';
+import { liveEvents, type LiveEvent, type LiveEvents, type StreamState } from '../services/api/events';
 
 /**
- * Listen to the tenant's live twin events while mounted; returns the stream's state so a
+ * Listen to the tenant's live events (twin, deleted, presence) while mounted; returns the stream's state so a
  * page can fall back to polling while it is not "live".
  */
-export function useLiveEvents(onEvent: (event: TwinEvent) => void, source: LiveEvents = liveEvents): StreamState {
+export function useLiveEvents(onEvent: (event: LiveEvent) => void, source: LiveEvents = liveEvents): StreamState {
   const handler = useRef(onEvent);
   handler.current = onEvent;
   const [state, setState] = useState<StreamState>(source.getState());

@@ -41,8 +41,11 @@ export function signIn(): void {
   storeToken('test-token', 3600);
 }
 
-/** A live text/event-stream response for /customer/events; `twin()` sends one twin event. */
-export function eventStream(): { response: Response; twin: (data: Record<string, unknown>, id?: number) => void } {
+type SendEvent = (data: Record<string, unknown>, id?: number) => void;
+
+/** A live text/event-stream response for /customer/events; `twin()` sends one twin event,
+ * `presence()` one presence event. */
+export function eventStream(): { response: Response; twin: SendEvent; presence: SendEvent } {
   let controller!: ReadableStreamDefaultController<Uint8Array>;
   const body = new ReadableStream<Uint8Array>({
     start(c) {
@@ -56,6 +59,9 @@ export function eventStream(): { response: Response; twin: (data: Record<string,
     response: new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } }),
     twin: (data, id = nextId++) => {
       controller.enqueue(encoder.encode(`id: ${id}\nevent: twin\ndata: ${JSON.stringify(data)}\n\n`));
+    },
+    presence: (data, id = nextId++) => {
+      controller.enqueue(encoder.encode(`id: ${id}\nevent: presence\ndata: ${JSON.stringify(data)}\n\n`));
     },
   };
 }

@@ -1,6 +1,7 @@
 import { useState } from 'react';
 import { Link, navigate } from '../../app/router';
 import { ApiError, deleteDevice } from '../../services/api/devices';
+import { DevicePresence } from './DevicePresence';
 import { DeviceProfileCard } from './DeviceProfileCard';
 import { DeviceTwinPanel } from './DeviceTwinPanel';
 import { HistoryTimeline } from './HistoryTimeline';
@@ -32,7 +33,7 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
       </nav>
       <div className="page-heading">
         <h1>
-          Device <code>{deviceId}</code>
+          Device <code>{deviceId}</code> <DevicePresence deviceId={deviceId} />
         </h1>
         <div className="page-actions">
           {confirming ? (

@@ -19,6 +19,9 @@ function twin(overrides: Partial<Twin> = {}): Twin {
     sync_status: 'pending',
     shadow_updated_at: NOW,
     last_seen: NOW,
+    connected: false,
+    connected_at: null,
+    disconnected_at: null,
     ...overrides,
   };
 }

@@ -206,4 +206,37 @@ describe('FleetPage', () => {
     await waitFor(() => expect(row).toHaveTextContent('synced'));
     await waitFor(() => expect(screen.getByRole('list', { name: 'Fleet summary' }).querySelector('[data-count="synced"]')).toHaveTextContent('1 synced'));
   });
+
+  it('shows an online dot per row and keeps it and the connected count live from presence events', async () => {
+    const stream = eventStream();
+    const since = new Date(Date.now() - 60_000).toISOString();
+    let summary = { total: 2, synced: 2, pending: 0, stale: 0, connected: 1 };
+    const listed: Record<string, unknown>[] = [
+      device('d-1', { connected: true, connected_at: since, disconnected_at: null }),
+      device('d-2', { connected: false, connected_at: null, disconnected_at: null }),
+    ];
+    mockFetch((call) => {
+      if (call.url === '/customer/events') return stream.response;
+      if (call.url.startsWith('/customer/fleet/summary')) return json(200, summary);
+      if (call.url.startsWith('/customer/fleet/jobs')) return json(200, { items: [] });
+      return json(200, { items: listed, next: null });
+    });
+    render(<FleetPage pollIntervalMs={60_000} />);
+    const row = (await screen.findByRole('link', { name: 'd-1' })).closest('tr') as HTMLElement;
+    const other = screen.getByRole('link', { name: 'd-2' }).closest('tr') as HTMLElement;
+    expect(within(row).getByRole('img', { name: /^online since / })).toHaveClass('online-dot--online');
+    expect(within(other).getByRole('img', { name: 'offline (never connected)' })).toHaveClass('online-dot--offline');
+    const counts = await screen.findByRole('list', { name: 'Fleet summary' });
+    await waitFor(() => expect(counts.querySelector('[data-count="connected"]')).toHaveTextContent('1 connected'));
+    await waitFor(() => expect(screen.getByText('Live')).toBeInTheDocument());
+
+    // d-2 connects: its dot turns green and the page and summary are read again.
+    summary = { ...summary, connected: 2 };
+    const connectedAt = new Date().toISOString();
+    listed[1] = { ...listed[1], connected: true, connected_at: connectedAt };
+    stream.presence({ device_id: 'd-2', connected: true, connected_at: connectedAt, disconnected_at: null });
+    await waitFor(() => expect(within(other).getByRole('img', { name: /^online since / })).toHaveClass('online-dot--online'));
+    await waitFor(() => expect(counts.querySelector('[data-count="connected"]')).toHaveTextContent('2 connected'));
+    expect(row).toHaveTextContent('synced');
+  });
 });

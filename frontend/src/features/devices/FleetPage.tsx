@@ -15,12 +15,13 @@ import {
   type FleetSummary,
   type SyncStatus,
 } from '../../services/api/devices';
-import type { TwinEvent } from '../../services/api/events';
+import type { LiveEvent } from '../../services/api/events';
 import { BulkDesiredDialog } from '../fleet/BulkDesiredDialog';
 import { FleetSummaryBar } from '../fleet/FleetSummaryBar';
 import { JobProgress, jobSettled } from '../fleet/JobProgress';
 import { LiveIndicator } from './LiveIndicator';
 import { AddDeviceDialog } from './AddDeviceDialog';
+import { OnlineDot } from './OnlineDot';
 import { SyncBadge } from './SyncBadge';
 import { absoluteTime, relativeTime } from './relativeTime';
 
@@ -119,11 +120,18 @@ export function FleetPage({ pollIntervalMs = 3000, jobPollIntervalMs = 1000 }: F
 
   const { job, error: jobError, poke: pokeJob } = useFleetJob(jobId, jobPollIntervalMs);
 
-  const onEvent = (event: TwinEvent) => {
+  const onEvent = (event: LiveEvent) => {
     // Show the change in its row at once; the re-read then settles membership and counts.
     setPage((current) => {
       if (current === null || !current.items.some((item) => item.device_id === event.device_id)) return current;
       if (event.type === 'deleted') return { ...current, items: current.items.filter((item) => item.device_id !== event.device_id) };
+      if (event.type === 'presence') {
+        const { connected, connected_at, disconnected_at } = event;
+        return {
+          ...current,
+          items: current.items.map((item) => (item.device_id === event.device_id ? { ...item, connected, connected_at, disconnected_at } : item)),
+        };
+      }
       return {
         ...current,
         items: current.items.map((item) =>
@@ -308,6 +316,7 @@ export function FleetPage({ pollIntervalMs = 3000, jobPollIntervalMs = 1000 }: F
               >
                 <td>{device.name || <span className="muted">unnamed</span>}</td>
                 <td>
+                  <OnlineDot presence={device} />
                   <Link to={devicePath(device.device_id)} className="device-link">
                     {device.device_id}
                   </Link>

@@ -1,4 +1,5 @@
 import { SYNC_STATUSES, type FleetSummary, type SyncStatus } from '../../services/api/devices';
+import { OnlineDot } from '../devices/OnlineDot';
 import { SyncBadge } from '../devices/SyncBadge';
 
 interface FleetSummaryBarProps {
@@ -9,7 +10,7 @@ interface FleetSummaryBarProps {
 
 const percent = (part: number, total: number): number => (total > 0 ? (part / total) * 100 : 0);
 
-/** Device counts by sync status, with a bar of their shares. */
+/** Device counts by sync status, with a bar of their shares, and how many are connected. */
 export function FleetSummaryBar({ summary, onPick }: FleetSummaryBarProps) {
   return (
     <div className="fleet-summary-box">
@@ -30,6 +31,15 @@ export function FleetSummaryBar({ summary, onPick }: FleetSummaryBarProps) {
             )}
           </li>
         ))}
+        {typeof summary.connected === 'number' && (
+          <li data-count="connected">
+            <span className="summary-count">{summary.connected}</span>{' '}
+            <span className="summary-connected">
+              <OnlineDot presence={{ connected: true, connected_at: null, disconnected_at: null }} decorative />
+              connected
+            </span>
+          </li>
+        )}
       </ul>
       {summary.total > 0 && (
         <div className="summary-bar" aria-hidden="true">

@@ -1,7 +1,7 @@
 import { render, screen, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { describe, expect, it, vi } from 'vitest';
-import type { FleetJob } from '../../services/api/devices';
+import type { FleetJob, FleetSummary } from '../../services/api/devices';
 import { describeFilter } from './BulkDesiredDialog';
 import { FleetSummaryBar } from './FleetSummaryBar';
 import { JobProgress, jobSettled } from './JobProgress';
@@ -20,7 +20,7 @@ const job = (overrides: Partial<FleetJob> = {}): FleetJob => ({
 describe('FleetSummaryBar', () => {
   it('shows total and per-status counts, each status as a filter shortcut', async () => {
     const onPick = vi.fn();
-    render(<FleetSummaryBar summary={{ total: 12, synced: 7, pending: 3, stale: 2 }} onPick={onPick} />);
+    render(<FleetSummaryBar summary={{ total: 12, synced: 7, pending: 3, stale: 2, connected: 5 }} onPick={onPick} />);
     const list = screen.getByRole('list', { name: 'Fleet summary' });
     expect(list).toHaveTextContent('12 devices');
     const counts = Object.fromEntries(
@@ -28,13 +28,20 @@ describe('FleetSummaryBar', () => {
         .getAllByRole('listitem')
         .map((li) => [li.getAttribute('data-count'), li.textContent]),
     );
-    expect(counts).toEqual({ total: '12 devices', synced: '7 synced', pending: '3 pending', stale: '2 stale' });
+    expect(counts).toEqual({ total: '12 devices', synced: '7 synced', pending: '3 pending', stale: '2 stale', connected: '5 connected' });
     await userEvent.setup().click(within(list).getByTitle('Show only pending devices'));
     expect(onPick).toHaveBeenCalledWith('pending');
   });
 
+  it('leaves the connected figure out when the server does not send it', () => {
+    const { total, synced, pending, stale } = { total: 2, synced: 2, pending: 0, stale: 0 };
+    render(<FleetSummaryBar summary={{ total, synced, pending, stale } as FleetSummary} />);
+    const list = screen.getByRole('list', { name: 'Fleet summary' });
+    expect(list.querySelector('[data-count="connected"]')).toBeNull();
+  });
+
   it('says "1 device" for one', () => {
-    render(<FleetSummaryBar summary={{ total: 1, synced: 1, pending: 0, stale: 0 }} />);
+    render(<FleetSummaryBar summary={{ total: 1, synced: 1, pending: 0, stale: 0, connected: 0 }} />);
     expect(screen.getByRole('list', { name: 'Fleet summary' })).toHaveTextContent('1 device');
   });
 });

@@ -29,6 +29,11 @@ export interface DeviceSummary {
   reported_version: number;
   /** ISO 8601, or null when the device has never made contact. */
   last_seen: string | null;
+  /** Connected to the broker now (SPEC §7 presence). */
+  connected: boolean;
+  /** When it last connected / disconnected (ISO 8601), or null if it never has. */
+  connected_at: string | null;
+  disconnected_at: string | null;
 }
 
 export interface DevicePage {
@@ -55,6 +60,9 @@ export interface Twin {
   sync_status: SyncStatus;
   shadow_updated_at: string | null;
   last_seen: string | null;
+  connected: boolean;
+  connected_at: string | null;
+  disconnected_at: string | null;
   metadata?: { desired: unknown; reported: unknown };
 }
 
@@ -72,6 +80,8 @@ export interface FleetSummary {
   synced: number;
   pending: number;
   stale: number;
+  /** Devices connected to the broker now. */
+  connected: number;
 }
 
 export interface ListDevicesParams {
@@ -83,6 +93,8 @@ export interface ListDevicesParams {
   model_id?: string | null;
   /** Text in the device id or name. */
   q?: string | null;
+  /** Only devices connected (true) or not connected (false) to the broker now. */
+  connected?: boolean | null;
 }
 
 /** GET/PATCH /customer/devices/{id}: the device summary plus its model. */
@@ -227,6 +239,7 @@ export async function listDevices(params: ListDevicesParams = {}, signal?: Abort
       tag: params.tag,
       model_id: params.model_id,
       q: params.q,
+      connected: params.connected == null ? undefined : String(params.connected),
     },
     signal,
   });

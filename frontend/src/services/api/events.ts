@@ -1,5 +1,6 @@
 /**
- * The tenant's live twin changes (GET /customer/events, SPEC §8), shared by every page:
+ * The tenant's live twin changes and device presence (GET /customer/events, SPEC §7 and §8),
+ * shared by every page:
  * one stream for the whole console, opened while at least one component listens.
  */
 import { clearToken, getToken } from './client';
@@ -20,7 +21,21 @@ export interface TwinEvent {
   at?: string;
 }
 
-type EventListener = (event: TwinEvent) => void;
+/** A device connected to or disconnected from the broker (`event: presence`). */
+export interface PresenceEvent {
+  type: 'presence';
+  id: string;
+  device_id: string;
+  connected: boolean;
+  connected_at: string | null;
+  disconnected_at: string | null;
+  at?: string;
+}
+
+/** Every event the console's stream delivers. */
+export type LiveEvent = TwinEvent | PresenceEvent;
+
+type EventListener = (event: LiveEvent) => void;
 type StateListener = (state: StreamState) => void;
 
 /** A twin event from an SSE message, or null for anything else. */
@@ -44,6 +59,36 @@ export function toTwinEvent(message: SseMessage): TwinEvent | null {
     sync_status: (record.sync_status as SyncStatus) ?? 'stale',
     at: typeof record.at === 'string' ? record.at : undefined,
   };
+}
+
+const isoOrNull = (value: unknown): string | null => (typeof value === 'string' ? value : null);
+
+/** A presence event from an SSE message, or null for anything else. */
+export function toPresenceEvent(message: SseMessage): PresenceEvent | null {
+  if (message.type !== 'presence') return null;
+  let data: unknown;
+  try {
+    data = JSON.parse(message.data);
+  } catch {
+    return null;
+  }
+  if (!data || typeof data !== 'object') return null;
+  const record = data as Record<string, unknown>;
+  if (typeof record.device_id !== 'string' || typeof record.connected !== 'boolean') return null;
+  return {
+    type: 'presence',
+    id: message.lastEventId,
+    device_id: record.device_id,
+    connected: record.connected,
+    connected_at: isoOrNull(record.connected_at),
+    disconnected_at: isoOrNull(record.disconnected_at),
+    at: typeof record.at === 'string' ? record.at : undefined,
+  };
+}
+
+/** The console's event for an SSE message (twin, deleted or presence), or null. */
+export function toLiveEvent(message: SseMessage): LiveEvent | null {
+  return message.type === 'presence' ? toPresenceEvent(message) : toTwinEvent(message);
 }
 
 export class LiveEvents {
@@ -85,7 +130,7 @@ export class LiveEvents {
       onUnauthorized: clearToken,
       ...this.options,
       onMessage: (message) => {
-        const event = toTwinEvent(message);
+        const event = toLiveEvent(message);
         if (!event) return;
         for (const listener of [...this.listeners]) listener(event);
       },
