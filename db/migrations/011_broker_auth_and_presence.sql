@@ -104,7 +104,8 @@ $$;
 -- Desired delivery across broker restarts: every retained publish is numbered; the broker
 -- keeps a retained marker with the number its store has reached, so after a restart only
 -- what came later is published again. A broker without the marker is fresh: its epoch
--- starts a background resync of every device, resumable by `resync_after`.
+-- starts a background fill of every device not published since (`published_seq <=
+-- fill_below`), resumable by `resync_after`.
 ALTER TABLE device_state ADD COLUMN published_seq bigint NOT NULL DEFAULT 0;
 CREATE SEQUENCE desired_publish_seq;
 
@@ -112,5 +113,6 @@ CREATE TABLE broker_delivery (
     broker       text PRIMARY KEY,
     epoch        text NOT NULL,
     resync_after text,
+    fill_below   bigint NOT NULL DEFAULT 0,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );

@@ -187,7 +187,7 @@ class DesiredPublisher:
             return
         self._epoch = uuid.uuid4().hex
         async with self._pool.acquire() as conn:
-            await delivery.set_broker_state(conn, self._broker, epoch=self._epoch, resync_after="")
+            await delivery.start_epoch(conn, self._broker, epoch=self._epoch)
         log.info("broker %s has no delivery marker: filling it in the background", self._broker)
         self._resync.set()
         self.recoveries += 1
@@ -209,14 +209,16 @@ class DesiredPublisher:
                             if after is None:
                                 log.info("broker %s holds every desired state", self._broker)
                                 break
-                            rows = await delivery.all_desired(conn, after=after, limit=_RESYNC_PAGE)
+                            rows = await delivery.not_published_since(
+                                conn, seq=state["fill_below"], after=after, limit=_RESYNC_PAGE
+                            )
                         await self._publish(rows)
                         async with self._pool.acquire() as conn:
-                            await delivery.set_broker_state(
+                            await delivery.filled_up_to(
                                 conn,
                                 self._broker,
                                 epoch=epoch,
-                                resync_after=rows[-1]["device_id"] if rows else None,
+                                after=rows[-1]["device_id"] if rows else None,
                             )
                     self.filled += len(rows)
                     await asyncio.sleep(0)  # the flush's turn

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
@@ -163,6 +162,7 @@ class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         started = False
         while True:
             await asyncio.sleep(_PRESENCE_INTERVAL_S)
+            batch: list[dict[str, Any]] = []
             try:
                 async with self.pool.acquire() as conn:
                     if not started:
@@ -170,17 +170,12 @@ class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
                         started = True
                     if self.presence:
                         batch, self.presence = self.presence, []
-                        try:
-                            await conn.execute(
-                                "SELECT broker_presence($1, $2::jsonb)",
-                                self.name,
-                                orjson.dumps(batch).decode(),
-                            )
-                        except BaseException:
-                            self.presence[:0] = batch
-                            raise
+                        await conn.execute("SELECT broker_presence($1, $2)", self.name, batch)
             except db.RETRYABLE_ERRORS as exc:
+                self.presence[:0] = batch  # kept, in order, for the next attempt
                 log.warning("presence not written yet, database unavailable: %r", exc)
+            except Exception:  # a batch that cannot be written would block all the others
+                log.exception("presence of %d events dropped", len(batch))
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         topic_filter, qos = subscription

@@ -14,6 +14,8 @@ import aiomqtt
 import orjson
 import pytest
 
+from shared import db
+from shared.mqtt import SERVICE_CLIENT_PREFIX
 from shared.topics import desired_topic, reply_topic, reported_topic
 from tests.conftest import Stack, make_settings, running_stack
 from tests.integration.test_broker_auth import device_client, next_message, session_dropped
@@ -150,3 +152,37 @@ async def test_core_flow_with_per_device_rules(fallback_stack: Stack) -> None:
             return True
 
     await eventually(refused)
+
+
+async def test_client_ids_and_presence_follow_the_plugins_rules(fallback_stack: Stack) -> None:
+    stack = fallback_stack
+    port = stack.broker.port
+    _, headers = await stack.tenant("admin")
+    device = await stack.device(headers)
+    device_id, token = device["device_id"], device["provision_token"]
+    for client_id in (f"{device_id}-2", f"{SERVICE_CLIENT_PREFIX}ingest_iot-r1"):
+        with pytest.raises(aiomqtt.MqttError):
+            async with device_client(port, device_id, token, client_id=client_id):
+                pass
+
+    async def connected() -> bool:
+        return bool(await presence_of(stack, device_id))
+
+    async with device_client(port, device_id, token):
+        await eventually(connected)
+
+    async def disconnected() -> bool:
+        return not await presence_of(stack, device_id)
+
+    await eventually(disconnected)
+
+
+async def presence_of(stack: Stack, device_id: str) -> bool:
+    conn = await db.connect(stack.settings.database_url, application_name="tests")
+    try:
+        connected: bool = await conn.fetchval(
+            "SELECT connected FROM device_state WHERE device_id = $1", device_id
+        )
+    finally:
+        await conn.close()
+    return connected

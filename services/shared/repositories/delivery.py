@@ -21,15 +21,19 @@ async def unpublished(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
     )
 
 
-async def all_desired(conn: Connection, *, after: str, limit: int) -> list[asyncpg.Record]:
-    """Every device with a desired state, by keyset page, for filling a fresh broker."""
+async def not_published_since(
+    conn: Connection, *, seq: int, after: str, limit: int
+) -> list[asyncpg.Record]:
+    """Devices with a desired state last published at or before publish number ``seq``, by
+    keyset page: what a fresh broker still lacks (later publishes went to it already)."""
     return await conn.fetch(
         f"""SELECT {_DESIRED_COLUMNS}
            FROM device_state
-           WHERE device_id > $1 AND desired_version > 0
+           WHERE device_id > $1 AND desired_version > 0 AND published_seq <= $2
            ORDER BY device_id
-           LIMIT $2""",  # noqa: S608 - constant columns
+           LIMIT $3""",  # noqa: S608 - constant columns
         after,
+        seq,
         limit,
     )
 
@@ -75,21 +79,31 @@ async def last_publish_seq(conn: Connection) -> int:
 
 async def broker_state(conn: Connection, broker: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT epoch, resync_after FROM broker_delivery WHERE broker = $1", broker
+        "SELECT epoch, resync_after, fill_below FROM broker_delivery WHERE broker = $1", broker
     )
 
 
-async def set_broker_state(
-    conn: Connection, broker: str, *, epoch: str, resync_after: str | None
-) -> None:
+async def start_epoch(conn: Connection, broker: str, *, epoch: str) -> None:
+    """A fresh broker: fill it with every device not published from now on."""
     await conn.execute(
-        """INSERT INTO broker_delivery (broker, epoch, resync_after) VALUES ($1, $2, $3)
+        """INSERT INTO broker_delivery (broker, epoch, resync_after, fill_below)
+           SELECT $1, $2, '', CASE WHEN is_called THEN last_value ELSE 0 END
+           FROM desired_publish_seq
            ON CONFLICT (broker) DO UPDATE
                SET epoch = EXCLUDED.epoch, resync_after = EXCLUDED.resync_after,
-                   updated_at = now()""",
+                   fill_below = EXCLUDED.fill_below, updated_at = now()""",
         broker,
         epoch,
-        resync_after,
+    )
+
+
+async def filled_up_to(conn: Connection, broker: str, *, epoch: str, after: str | None) -> None:
+    await conn.execute(
+        """UPDATE broker_delivery SET resync_after = $3, updated_at = now()
+           WHERE broker = $1 AND epoch = $2""",
+        broker,
+        epoch,
+        after,
     )
 
 
