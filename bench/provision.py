@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import time
 
 import httpx
@@ -109,6 +110,13 @@ async def main(devices: int, clients: int, window: int, phase: str) -> None:
                     f"{devices - window + 1:,}-{devices:,}: {last:,.0f}/s   ratio "
                     f"{ratio(last, first)} (goal >= {RATIO_GOAL}x)"
                 )
+                tenth = devices // 10
+                if tenth >= window:
+                    rates = [
+                        window_rate(times, start, start + tenth - 1, started)
+                        for start in range(0, devices - tenth + 1, tenth)
+                    ]
+                    print("  by tenths: " + " ".join(f"{rate:,.0f}" for rate in rates) + " /s")
                 if total != devices:
                     raise SystemExit(f"fleet summary says {total}, not {devices}")
             if phase in ("batch", "both"):
@@ -126,6 +134,7 @@ async def main(devices: int, clients: int, window: int, phase: str) -> None:
                     raise SystemExit(f"fleet summary says {total}, not {devices}")
         finally:
             ui.stop()
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
