@@ -26,7 +26,7 @@ import resource
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,10 +158,12 @@ async def storm(
     database_backends: list[int],
     name: str,
     presence: db.Connection | None,
+    while_held: Callable[[], None] | None = None,
 ) -> Phase:
     """Every packet's connection up and accepted; all held to the end, then closed. With
     ``presence`` (our broker), also waits for the plugin to write every connect and then
-    every disconnect, so no phase pays for the previous one's presence writes."""
+    every disconnect, so no phase pays for the previous one's presence writes.
+    ``while_held`` runs once every connection is up, before any is closed."""
     loop = asyncio.get_running_loop()
     held: list[asyncio.Transport] = []
     latencies: list[float] = []
@@ -202,6 +204,8 @@ async def storm(
         assert len(held) == len(packets)
         if presence is not None:
             phase.presence_s = elapsed + await wait_connected(presence, len(packets))
+        if while_held is not None:
+            while_held()
     finally:
         for transport in held:
             transport.close()
