@@ -118,7 +118,7 @@ class Scratch:
 
 
 @contextlib.asynccontextmanager
-async def scratch(*, with_broker: bool = True) -> AsyncIterator[Scratch]:
+async def scratch(*, with_broker: bool = True, durability: str = "fast") -> AsyncIterator[Scratch]:
     server = server_url()
     await build_template(server)
     home = Path(tempfile.mkdtemp(prefix="iotcloud-bench-"))
@@ -126,7 +126,7 @@ async def scratch(*, with_broker: bool = True) -> AsyncIterator[Scratch]:
     broker: Broker | None = None
     try:
         async with fresh_database(server) as url:
-            broker = Broker(home / "broker", free_port(), url)
+            broker = Broker(home / "broker", free_port(), url, durability=durability)
             if with_broker:
                 broker.start()
             yield Scratch(url, broker, home)

@@ -310,6 +310,11 @@ async def main(
         pg_rate = await asyncio.to_thread(
             pgbench, lab.database_url, devices, clients=pg_clients, seconds=10
         )
+    # IOTCLOUD_BROKER_DURABILITY=safe: the same run on a broker that saves its store after
+    # every change (a fresh lab, so the count of committed reports starts from zero).
+    async with scratch(durability="safe") as safe_lab:
+        await safe_lab.tenant(TENANT)
+        safe_rate, _, _ = await ingest_run(safe_lab, devices, burst, profile_mode=None)
     total = devices * burst
     batches = ingest_costs.pop("batches")
     print(
@@ -320,6 +325,8 @@ async def main(
         f"ratio {ratio(ingest_rate, bare_rate)} (goal >= 0.8x)\n"
         f"  pgbench single-row UPDATE, {pg_clients} clients       {pg_rate:9,.0f} tps      "
         f"ratio {ratio(ingest_rate, pg_rate)} (goal >= 2x)\n"
+        f"  broker durability safe (store saved per change) {safe_rate:6,.0f} reports/s   "
+        f"ratio {ratio(safe_rate, ingest_rate)} of fast\n"
         f"  bare run:   {cpu_line(bare_costs)}\n"
         f"  ingest run: {cpu_line(ingest_costs)}\n"
         f"  ingest_iot: {batch_line(total, batches)}"
@@ -328,7 +335,7 @@ async def main(
         print("  ingest_iot profile (py-spy, self time):")
         for frame in frames:
             print(f"    {frame}")
-    return {"ingest": ingest_rate, "bare": bare_rate, "pgbench": pg_rate}
+    return {"ingest": ingest_rate, "bare": bare_rate, "pgbench": pg_rate, "safe": safe_rate}
 
 
 if __name__ == "__main__":

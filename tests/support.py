@@ -112,11 +112,14 @@ class Broker:
     port: int
     database_url: str
     tls_port: int = 0
+    durability: str = "fast"
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def embedded(self) -> EmbeddedBroker:
-        return EmbeddedBroker(self.home, self.port, tls_port=self.tls_port)
+        return EmbeddedBroker(
+            self.home, self.port, tls_port=self.tls_port, durability=self.durability
+        )
 
     @property
     def url(self) -> str:

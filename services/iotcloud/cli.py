@@ -51,7 +51,19 @@ def embedded_broker() -> embedded.EmbeddedBroker:
         _port("IOTCLOUD_BROKER_PORT", DEFAULT_BROKER_PORT),
         tls_port=_port("IOTCLOUD_BROKER_TLS_PORT", DEFAULT_BROKER_TLS_PORT),
         bind=os.environ.get("IOTCLOUD_BROKER_BIND") or "127.0.0.1",
+        durability=broker_durability(),
     )
+
+
+def broker_durability() -> str:
+    """``IOTCLOUD_BROKER_DURABILITY``: ``fast`` (the default) or ``safe``."""
+    value = os.environ.get("IOTCLOUD_BROKER_DURABILITY") or "fast"
+    if value not in embedded.PERSISTENCE:
+        raise SettingsError(
+            f"IOTCLOUD_BROKER_DURABILITY must be one of {', '.join(embedded.PERSISTENCE)}, "
+            f"got {value!r}"
+        )
+    return value
 
 
 def database_url() -> str:

