@@ -8,7 +8,7 @@ FRONTEND_STAMP := frontend/node_modules/.installed-stamp
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
 
 
-.PHONY: broker-plugin setup run test test-python test-frontend test-browser lint bench bench-tools clean
+.PHONY: broker-plugin setup run test test-python test-frontend test-browser test-chaos soak lint bench bench-tools clean
 
 setup: $(STAMP) frontend/dist/index.html broker-plugin
 
@@ -63,6 +63,14 @@ test-frontend: $(FRONTEND_STAMP)
 
 test-browser: setup
 	$(BIN)/pytest -q tests/browser
+
+# A short chaos soak with a fixed seed (tests/chaos/test_soak.py).
+test-chaos: setup
+	$(BIN)/pytest -q tests/chaos
+
+# 30 minutes of faults under load; writes its report to docs/reliability.md.
+soak: setup
+	$(BIN)/python -m tests.chaos.soak --duration 1800 --devices 30 --report docs/reliability.md
 
 test: setup lint test-python test-frontend test-browser
 
