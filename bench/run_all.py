@@ -25,6 +25,12 @@ SUITE = [
     # 10k per phase (about a minute): the full 100k figures take ~10 minutes, see
     # docs/benchmarks.md "Provisioning".
     ["provision.py", "--devices", "10000"],
+    # The device edge at moderate sizes (about two minutes together); the full figures
+    # (5,000-device storms, 1M registered, a 100k restart) are in docs/benchmarks.md
+    # "Device edge".
+    ["connect_storm.py", "--devices", "2000", "--rounds", "3"],
+    ["broker_start.py", "--devices", "100000", "--connected", "2000"],
+    ["broker_restart.py", "--devices", "20000", "--quiet-s", "10"],
 ]
 
 
