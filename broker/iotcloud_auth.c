@@ -73,6 +73,7 @@ struct pg {
 	const char *application_name;
 	PGconn *conn;
 	bool connecting;
+	bool prepared; /* the lookup statement, on the auth connection */
 	long next_attempt_ns;
 };
 
@@ -292,6 +293,7 @@ static void pg_close(struct pg *pg)
 	if(pg->conn) PQfinish(pg->conn);
 	pg->conn = NULL;
 	pg->connecting = false;
+	pg->prepared = false;
 	pg->next_attempt_ns = now_ns() + RECONNECT_INTERVAL_NS;
 }
 
@@ -370,10 +372,27 @@ static int lookup(const char *username, char tenant[MAX_TENANT_ID + 1], char has
 		}
 		if(!S.auth.conn || S.auth.connecting) return -1;
 	}
+	if(!S.auth.prepared){
+		/* Parsed and planned once per connection: a cold connect storm is one round trip each. */
+		if(!PQsendPrepare(S.auth.conn, "credential",
+				"SELECT tenant_id, password_hash FROM broker_credentials WHERE username = $1",
+				1, NULL)){
+			pg_close(&S.auth);
+			return -1;
+		}
+		PGresult *prepared = await_result(S.query_timeout_ms);
+		bool ok = prepared && PQresultStatus(prepared) == PGRES_COMMAND_OK;
+		if(prepared) PQclear(prepared);
+		if(!ok){
+			mosquitto_log_printf(MOSQ_LOG_WARNING, "iotcloud_auth: lookup not prepared: %s",
+					PQerrorMessage(S.auth.conn));
+			pg_close(&S.auth);
+			return -1;
+		}
+		S.auth.prepared = true;
+	}
 	const char *params[1] = {username};
-	if(!PQsendQueryParams(S.auth.conn,
-			"SELECT tenant_id, password_hash FROM broker_credentials WHERE username = $1",
-			1, NULL, params, NULL, NULL, 0)){
+	if(!PQsendQueryPrepared(S.auth.conn, "credential", 1, params, NULL, NULL, 0)){
 		pg_close(&S.auth);
 		return -1;
 	}
