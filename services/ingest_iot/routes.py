@@ -10,16 +10,14 @@ from fastapi.responses import Response
 
 from ingest_iot.metrics import REPORTS
 from ingest_iot.report_batcher import HttpReportBatcher
-from shared.errors import DomainError, TooLarge, Unauthorized, Unprocessable
+from shared.errors import DomainError, TooLarge, Unauthorized, refusal_error
 from shared.repositories import devices as devices_repo
 from shared.security import TOKEN_PREFIX, hash_provision_token
-from shared.services import twins
 from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
-from shared.services.report_batches import AppliedReport
+from shared.services.report_batches import AppliedReport, Unparsed, parse_payload
 from shared.services.token_reports import TokenReport
-from shared.settings import Settings
-from shared.twin import Limits
-from shared.web import ORJSONResponse, decode_json, json_body_schema
+from shared.twin import Limits, Refusal, RefusalKind
+from shared.web import ORJSONResponse, app_settings, json_body_schema
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
@@ -37,11 +35,6 @@ _REPORT_BODY = json_body_schema(
 
 def _pool(request: Request) -> asyncpg.Pool:
     value: asyncpg.Pool = request.app.state.pool
-    return value
-
-
-def _settings(request: Request) -> Settings:
-    value: Settings = request.app.state.settings
     return value
 
 
@@ -109,7 +102,7 @@ async def post_reported(request: Request) -> Response:
     if applied.schema_violations:
         REPORTED_SCHEMA_VIOLATIONS.labels("http").inc()
     if applied.outcome in {"malformed", "too_large"}:
-        raise _refusal(body, applied, _settings(request).limits)
+        raise _refusal(body, applied, app_settings(request).limits)
     return ORJSONResponse(applied.reply, status_code=200 if applied.accepted else 409)
 
 
@@ -126,10 +119,10 @@ async def get_shadow(request: Request) -> dict[str, Any]:
 
 def _refusal(body: bytes, applied: AppliedReport, limits: Limits) -> DomainError:
     """A refused report's error, worded as the API words a body it cannot take."""
-    try:
-        twins.parse_report(decode_json(body), limits)
-    except DomainError as exc:
-        return exc
+    parsed = parse_payload(body, limits)
+    if isinstance(parsed, Unparsed):
+        return refusal_error(parsed.refusal)
     # The body was a good report; the reported state it would make broke a limit.
     assert applied.reply is not None
-    return (TooLarge if applied.outcome == "too_large" else Unprocessable)(applied.reply["error"])
+    kind: RefusalKind = "too_large" if applied.outcome == "too_large" else "malformed"
+    return refusal_error(Refusal(kind, applied.reply["error"]))

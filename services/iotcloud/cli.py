@@ -114,10 +114,10 @@ async def cmd_migrate(_: argparse.Namespace) -> None:
 
 
 async def cmd_tenant_create(args: argparse.Namespace) -> None:
+    from shared.ids import is_tenant_id
     from shared.repositories import tenants
-    from shared.services.devices import TENANT_ID_RE
 
-    if not TENANT_ID_RE.match(args.id):
+    if not is_tenant_id(args.id):
         raise CliError("tenant id must match [a-z0-9][a-z0-9-]{0,62}")
 
     async def work(conn: Any) -> bool:

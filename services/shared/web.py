@@ -17,7 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import UNAVAILABLE_ERRORS
-from shared.errors import DomainError, TooLarge, Unprocessable
+from shared.errors import DomainError, TooLarge, Unprocessable, raise_if_refused
+from shared.settings import Settings
+from shared.twin import nul_refusal_in_json
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json_error(500, "internal error")
 
 
+def app_settings(request: Request) -> Settings:
+    """The settings the app's lifespan put on ``app.state``."""
+    value: Settings = request.app.state.settings
+    return value
+
+
 async def json_body(request: Request) -> Any:
-    """Decode a JSON body with orjson: malformed or too deeply nested is 422, never a 500."""
+    """Decode a JSON body with orjson: malformed, too deeply nested or holding a NUL
+    character is 422, never a 500."""
     return decode_json(await request.body())
 
 
@@ -98,9 +107,11 @@ def decode_json(raw: bytes) -> Any:
     if not raw:
         raise Unprocessable("request body must be JSON")
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Unprocessable(f"request body is not valid JSON: {exc}") from exc
+    raise_if_refused(nul_refusal_in_json(raw, value))
+    return value
 
 
 def json_body_schema(schema: dict[str, Any]) -> dict[str, Any]:

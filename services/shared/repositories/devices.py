@@ -126,16 +126,6 @@ async def list_page(
     )
 
 
-async def get_live(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"""SELECT {_LIST_COLUMNS}
-            FROM devices d JOIN device_state s USING (device_id)
-            WHERE d.device_id = $1 AND d.tenant_id = $2 AND d.revoked_at IS NULL""",  # noqa: S608
-        device_id,
-        tenant_id,
-    )
-
-
 async def revoke(conn: Connection, *, tenant_id: str, device_id: str) -> bool:
     """Soft-delete: the token stops working at once; the id stays reserved."""
     revoked = await conn.fetchval(

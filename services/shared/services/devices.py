@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,11 +14,10 @@ from shared import twin
 from shared.db import Connection
 from shared.dynsec import broker_credential
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.ids import DEVICE_ID_RE as DEVICE_ID_RE  # provisioning imports it from here
 from shared.repositories import devices as devices_repo
 from shared.security import hash_provision_token, new_provision_token
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SYNC_STATUSES = ("synced", "pending", "stale")
 
 
