@@ -221,18 +221,23 @@ def nul_pointer(value: JSON) -> str | None:
     return None
 
 
-def nul_refusal_in_json(raw: bytes, value: JSON) -> Refusal | None:
-    """:func:`nul_pointer` for ``value`` decoded from the JSON text ``raw``: JSON can carry
-    NUL only as the escape ``\\u0000``, so the walk is skipped when ``raw`` has none."""
-    if b"\\u0000" not in raw:
-        return None
+def nul_refusal(value: JSON, *, what: str = "the JSON") -> Refusal | None:
+    """Refuse ``value`` (as malformed) if a key or string in it holds U+0000."""
     pointer = nul_pointer(value)
     if pointer is None:
         return None
     return Refusal(
         "malformed",
-        f"the JSON holds a NUL character (\\u0000) at {pointer or '/'!r}, which cannot be stored",
+        f"{what} holds a NUL character (\\u0000) at {pointer or '/'!r}, which cannot be stored",
     )
+
+
+def nul_refusal_in_json(raw: bytes, value: JSON) -> Refusal | None:
+    """:func:`nul_refusal` for ``value`` decoded from the JSON text ``raw``: JSON can carry
+    NUL only as the escape ``\\u0000``, so the walk is skipped when ``raw`` has none."""
+    if b"\\u0000" not in raw:
+        return None
+    return nul_refusal(value)
 
 
 # --- per-leaf metadata (SPEC §8) -----------------------------------------------------------

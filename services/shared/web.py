@@ -75,6 +75,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json_error(exc.status_code, exc.detail, dict(exc.headers or {}) or None)
 
+    @app.exception_handler(asyncpg.exceptions.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.exceptions.UntranslatableCharacterError)
+    async def unstorable_text(request: Request, exc: Exception) -> Response:
+        # PostgreSQL's text and jsonb cannot hold U+0000: bodies are checked for it before
+        # they reach the database, and this answers for any other input (a name, a query
+        # parameter) that still carries one. The transaction rolled back: nothing written.
+        log.info("unstorable text during %s %s: %r", request.method, request.url.path, exc)
+        return _json_error(
+            422, "the request holds a character that cannot be stored (NUL, \\u0000)"
+        )
+
     async def database_unavailable(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable during %s %s: %r", request.method, request.url.path, exc)
         return _json_error(503, "database unavailable, retry shortly", {"Retry-After": "1"})
