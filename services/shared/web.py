@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,6 +53,14 @@ def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None)
     return ORJSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+def _validation_message(error: dict[str, Any]) -> str:
+    message = str(error.get("msg", ""))
+    context = error.get("ctx")
+    if isinstance(context, dict) and "error" in context:  # e.g. why the JSON did not decode
+        message += f": {context['error']}"
+    return message
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON ``{"detail": ...}``; nothing reaches a client as a stack trace."""
 
@@ -64,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = [
             {
                 "loc": list(err.get("loc", ())),
-                "msg": err.get("msg", ""),
+                "msg": _validation_message(err),
                 "type": err.get("type", ""),
             }
             for err in exc.errors()
@@ -128,6 +138,32 @@ def decode_json(raw: bytes) -> Any:
 def json_body_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """``openapi_extra`` for a JSON body that the route reads itself with :func:`json_body`."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class _StorableJSONRequest(Request):
+    """A request whose ``json()`` is orjson's (which refuses lone surrogates, unlike the
+    standard library's) and refuses NUL characters: text PostgreSQL cannot store."""
+
+    async def json(self) -> Any:
+        raw = await self.body()
+        value = orjson.loads(raw)  # orjson.JSONDecodeError is a json.JSONDecodeError
+        refusal = nul_refusal_in_json(raw, value)
+        if refusal is not None:
+            # FastAPI answers a json.JSONDecodeError as a 422 naming the error.
+            raise json.JSONDecodeError(refusal.message, raw.decode(errors="replace"), 0)
+        return value
+
+
+class StorableJSONRoute(APIRoute):
+    """Routes whose pydantic bodies are parsed by :class:`_StorableJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def storable_json_handler(request: Request) -> Response:
+            return await handler(_StorableJSONRequest(request.scope, request.receive))
+
+        return storable_json_handler
 
 
 class BodyLimitMiddleware:

@@ -53,7 +53,7 @@ async def test_a_nul_character_in_a_model_schema_is_422_on_create_and_replace(
         "/customer/models", json={"model_id": "m1", "desired_schema": bad}, headers=admin
     )
     assert created.status_code == 422, created.text
-    assert "NUL" in created.json()["detail"]
+    assert "NUL" in created.text
     assert (await stack.ui.get("/customer/models/m1", headers=admin)).status_code == 404
     good = await stack.ui.post(
         "/customer/models",
@@ -67,7 +67,7 @@ async def test_a_nul_character_in_a_model_schema_is_422_on_create_and_replace(
         headers=admin,
     )
     assert replaced.status_code == 422, replaced.text
-    assert "reported_schema" in replaced.json()["detail"]
+    assert "NUL" in replaced.text
     model = (await stack.ui.get("/customer/models/m1", headers=admin)).json()
     assert model["reported_schema"] is None
 
@@ -78,6 +78,13 @@ async def test_a_nul_character_anywhere_else_is_422_not_500(stack: Stack) -> Non
     _, admin = await stack.tenant("admin")
     named = await stack.ui.post("/customer/devices", json={"name": "lamp\u0000"}, headers=admin)
     assert named.status_code == 422, named.text
+    # A lone surrogate: Python's json module takes it, orjson and PostgreSQL do not.
+    lone = await stack.ui.post(
+        "/customer/devices",
+        content=b'{"name": "lamp\\ud800"}',
+        headers={**admin, "Content-Type": "application/json"},
+    )
+    assert lone.status_code == 422, lone.text
     listing = await stack.ui.get("/customer/devices", params={"q": "a\u0000"}, headers=admin)
     assert listing.status_code == 422, listing.text
     assert (await stack.ui.get("/customer/devices", headers=admin)).json()["items"] == []

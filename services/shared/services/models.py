@@ -62,7 +62,6 @@ def _check_schemas(
         if schema is None:
             continue
         raise_if_refused(twin.limits_refusal(schema, schema_limits, what=where))
-        raise_if_refused(twin.nul_refusal(schema, what=where))
         violations.extend(twin.check_schema(schema, where=where))
     if violations:
         raise Unprocessable(

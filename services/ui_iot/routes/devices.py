@@ -18,7 +18,7 @@ from shared.repositories import devices as devices_repo
 from shared.services import broker_accounts, device_profiles, devices, history, twins
 from shared.services.history import Actor
 from shared.services.twin_reads import TwinReads
-from shared.web import ORJSONResponse, app_settings, json_body, json_body_schema
+from shared.web import ORJSONResponse, StorableJSONRoute, app_settings, json_body, json_body_schema
 from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Link, Operator, Pool, Viewer
 
 
@@ -35,7 +35,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             running.cancel()
 
 
-router = APIRouter(prefix="/customer/devices", tags=["devices"], lifespan=_lifespan)
+router = APIRouter(
+    route_class=StorableJSONRoute, prefix="/customer/devices", tags=["devices"], lifespan=_lifespan
+)
 
 
 class DeviceCreate(BaseModel):

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.errors import NotFound, Unprocessable
 from shared.ids import MODEL_ID_PATTERN, is_model_id
 from shared.services import models
+from shared.web import StorableJSONRoute
 from ui_iot.deps import Admin, AppSettings, Conn, Viewer
 
-router = APIRouter(prefix="/customer/models", tags=["models"])
+router = APIRouter(route_class=StorableJSONRoute, prefix="/customer/models", tags=["models"])
 
 
 _SCHEMA_ERRORS = (
