@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 FRONTEND_STAMP := frontend/node_modules/.installed-stamp
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
 
-.PHONY: setup run test test-python test-frontend test-browser lint bench bench-tools clean
+.PHONY: setup run test test-python test-frontend test-browser lint bench bench-tools schema clean
 
 setup: $(STAMP) frontend/dist/index.html
 
@@ -57,6 +57,10 @@ bench-tools: $(BENCH_STAMP)
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
+
+# db/schema.sql from the migrations (on $DATABASE_URL's server, or the embedded one).
+schema: $(STAMP)
+	$(BIN)/python -m iotcloud.schema_snapshot
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist
