@@ -7,16 +7,27 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 FRONTEND_STAMP := frontend/node_modules/.installed-stamp
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
 
-.PHONY: setup run test test-python test-frontend test-browser lint bench bench-tools schema clean
+.PHONY: setup run test test-python test-frontend test-browser lint bench bench-tools schema lock clean
 
 setup: $(STAMP) frontend/dist/index.html
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements.lock, then this project itself on top of them.
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# requirements.lock afresh: the newest versions pyproject.toml allows, in a scratch venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# Exact versions for make setup; regenerate with make lock (pyproject.toml has the ranges)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^iotcloud[= @]'; } > requirements.lock
+	rm -rf .lock-venv
 
 $(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
 	npm ci --prefix frontend --no-audit --no-fund
