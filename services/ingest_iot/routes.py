@@ -10,14 +10,12 @@ from fastapi.responses import Response
 
 from ingest_iot.metrics import REPORTS
 from ingest_iot.report_batcher import HttpReportBatcher
-from shared.errors import DomainError, TooLarge, Unauthorized, refusal_error
+from shared.errors import TooLarge, Unauthorized, refusal_error
 from shared.repositories import devices as devices_repo
 from shared.security import TOKEN_PREFIX, hash_provision_token
 from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
-from shared.services.report_batches import AppliedReport, Unparsed, parse_payload
 from shared.services.token_reports import TokenReport
-from shared.twin import Limits, Refusal, RefusalKind
-from shared.web import ORJSONResponse, app_settings, json_body_schema
+from shared.web import ORJSONResponse, json_body_schema
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
@@ -102,7 +100,8 @@ async def post_reported(request: Request) -> Response:
     if applied.schema_violations:
         REPORTED_SCHEMA_VIOLATIONS.labels("http").inc()
     if applied.outcome in {"malformed", "too_large"}:
-        raise _refusal(body, applied, app_settings(request).limits)
+        assert applied.refusal is not None
+        raise refusal_error(applied.refusal)
     return ORJSONResponse(applied.reply, status_code=200 if applied.accepted else 409)
 
 
@@ -115,14 +114,3 @@ async def get_shadow(request: Request) -> dict[str, Any]:
     if row is None:
         raise Unauthorized(_INVALID_TOKEN)
     return {"desired": row["desired_state"], "version": row["desired_version"]}
-
-
-def _refusal(body: bytes, applied: AppliedReport, limits: Limits) -> DomainError:
-    """A refused report's error, worded as the API words a body it cannot take."""
-    parsed = parse_payload(body, limits)
-    if isinstance(parsed, Unparsed):
-        return refusal_error(parsed.refusal)
-    # The body was a good report; the reported state it would make broke a limit.
-    assert applied.reply is not None
-    kind: RefusalKind = "too_large" if applied.outcome == "too_large" else "malformed"
-    return refusal_error(Refusal(kind, applied.reply["error"]))

@@ -46,12 +46,14 @@ class AppliedReport:
     """What became of one report.
 
     ``outcome`` is the metric label (accepted, version, malformed, too_large, foreign);
-    ``reply`` the body for the device's accepted/rejected topic, None when it gets none.
+    ``reply`` the body for the device's accepted/rejected topic, None when it gets none;
+    ``refusal`` why a refused report was refused.
     """
 
     outcome: str
     reply: dict[str, JSON] | None
     schema_violations: int = 0
+    refusal: twin.Refusal | None = None
 
     @property
     def accepted(self) -> bool:
@@ -203,7 +205,11 @@ def _apply_one(
     """One report on a locked twin, in memory; ``state`` is left as the report leaves it."""
     if isinstance(report, Unparsed):
         refused = ReportOutcome(False, state.reported_version, report.refusal.message)
-        return AppliedReport(outcome_label(report.refusal), refused.as_json(report.client_token))
+        return AppliedReport(
+            outcome_label(report.refusal),
+            refused.as_json(report.client_token),
+            refusal=report.refusal,
+        )
     written = twin.apply_report(
         twin.Side(state.reported, state.metadata, state.reported_version),
         state.desired_version,
@@ -214,7 +220,9 @@ def _apply_one(
     )
     if isinstance(written, twin.Refusal):
         refused = ReportOutcome(False, state.reported_version, written.message)
-        return AppliedReport(outcome_label(written), refused.as_json(report.client_token))
+        return AppliedReport(
+            outcome_label(written), refused.as_json(report.client_token), refusal=written
+        )
     state.reported, state.metadata = written.side.state, written.side.metadata
     state.reported_version, state.written = written.side.version, True
     violations = len(written.schema_violations)
