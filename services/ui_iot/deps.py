@@ -91,7 +91,10 @@ VIEWER = Caller("viewer")
 Viewer = Annotated[Principal, Depends(VIEWER)]
 Operator = Annotated[Principal, Depends(Caller("operator"))]
 Admin = Annotated[Principal, Depends(Caller("admin"))]
-Conn = Annotated[Connection, Depends(connection)]
+# "function": the transaction commits before the response is sent. With FastAPI's default
+# ("request") it would commit after, so a client could be told 200 for a write that then
+# failed to commit, and could read the twin before its own write was visible.
+Conn = Annotated[Connection, Depends(connection, scope="function")]
 AppSettings = Annotated[Settings, Depends(settings)]
 Pool = Annotated[asyncpg.Pool, Depends(pool)]
 Link = Annotated[BrokerLink, Depends(broker_link)]
