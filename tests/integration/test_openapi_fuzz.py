@@ -30,7 +30,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return result.stdout.strip()
 
 
-def _schemathesis(url: str, *headers: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(url: str, workdir: Path, *headers: str) -> subprocess.CompletedProcess[str]:
     command = [
         str(Path(sys.executable).parent / "st"),
         "run",
@@ -52,8 +52,9 @@ def _schemathesis(url: str, *headers: str) -> subprocess.CompletedProcess[str]:
     ]
     for header in headers:
         command += ["--header", header]
+    # In a scratch directory: schemathesis keeps a cache of what it found in its working one.
     return subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+        command, cwd=workdir, capture_output=True, text=True, timeout=600, check=False
     )
 
 
@@ -82,8 +83,8 @@ async def test_schemathesis_finds_no_server_error(
         for service in services:
             await service.wait_ready()
         runs = {
-            "ui_iot": _schemathesis(ui.url, f"Authorization: Bearer {bearer}"),
-            "ingest_iot": _schemathesis(ingest.url, f"X-Provision-Token: {token}"),
+            "ui_iot": _schemathesis(ui.url, tmp_path, f"Authorization: Bearer {bearer}"),
+            "ingest_iot": _schemathesis(ingest.url, tmp_path, f"X-Provision-Token: {token}"),
         }
     finally:
         for service in services:
