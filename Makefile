@@ -8,7 +8,7 @@ FRONTEND_STAMP := frontend/node_modules/.installed-stamp
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
 
 
-.PHONY: broker-plugin setup run test test-python test-frontend test-browser test-chaos soak lint bench bench-tools clean
+.PHONY: broker-plugin setup run test test-python test-frontend test-browser test-chaos soak lint bench bench-tools schema lock clean
 
 setup: $(STAMP) frontend/dist/index.html broker-plugin
 
@@ -33,12 +33,23 @@ broker-plugin:
 	mkdir -p build && $${CC:-cc} -std=c11 -D_POSIX_C_SOURCE=200809L -O2 -Wall -Wextra -Werror -fPIC -shared \
 	  -I"$$(pg_config --includedir)" -o $(PLUGIN) broker/iotcloud_auth.c -lpq -lcrypto && echo "built $(PLUGIN)"
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements.lock, then this project itself on top of them.
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# requirements.lock afresh: the newest versions pyproject.toml allows, in a scratch venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# Exact versions for make setup; regenerate with make lock (pyproject.toml has the ranges)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^iotcloud[= @]'; } > requirements.lock
+	rm -rf .lock-venv
 
 $(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
 	npm ci --prefix frontend --no-audit --no-fund
@@ -87,6 +98,10 @@ bench-tools: $(BENCH_STAMP)
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
+
+# db/schema.sql from the migrations (on $DATABASE_URL's server, or the embedded one).
+schema: $(STAMP)
+	$(BIN)/python -m iotcloud.schema_snapshot
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist build

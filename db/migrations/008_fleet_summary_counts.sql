@@ -10,7 +10,7 @@
 
 -- Writers of device_state wait for this migration instead of racing the backfill (a device
 -- created between the count and the trigger would be lost), and readers wait for the pending
--- index to be rebuilt at the end: well under a second at a million devices.
+-- index to be rebuilt at the end.
 LOCK TABLE device_state IN SHARE ROW EXCLUSIVE MODE;
 
 -- The tenant's device count is the sum of its rows here. A statement adds its delta to the

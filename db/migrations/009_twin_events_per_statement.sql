@@ -1,9 +1,9 @@
 -- Twin events recorded once per statement instead of once per row (007's triggers).
 --
 -- The MQTT bridge and bulk desired jobs write hundreds of twins in one UPDATE; a row trigger
--- ran a PL/pgSQL call, an INSERT and a pg_notify for each of them, which made a batch of 500
--- reports take a third to three quarters longer than with no trigger; once per statement it
--- costs a few per cent (bench/report_batch.py). The events are the same: one per changed row,
+-- ran a PL/pgSQL call, an INSERT and a pg_notify for each of them; once per statement the
+-- cost no longer grows with the rows (bench/report_batch.py measures both; the figures are
+-- in docs/benchmarks.md). The events are the same: one per changed row,
 -- with the same columns, for the same changes, and one notification per transaction.
 
 CREATE FUNCTION record_twin_events_inserted() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -1,8 +1,8 @@
 -- The fleet summary's pending count kept like its device count (migration 008), so the
 -- summary no longer reads an index entry per pending device: 008 counted "pending and not
 -- stale" as an index-only range over the pending devices, which costs a heap check per
--- entry once reports have touched the pages since the last vacuum (1M devices, a third
--- pending: p99 291 ms). Now the tenant's pending devices are counted as they change, and
+-- entry once reports have touched the pages since the last vacuum (docs/benchmarks.md has
+-- the figures). Now the tenant's pending devices are counted as they change, and
 -- the summary subtracts those that are also stale, read from an index of the pending
 -- devices by last_seen: the cost follows pending-and-stale devices, usually few.
 --

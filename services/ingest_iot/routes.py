@@ -10,16 +10,12 @@ from fastapi.responses import Response
 
 from ingest_iot.metrics import REPORTS
 from ingest_iot.report_batcher import HttpReportBatcher
-from shared.errors import DomainError, TooLarge, Unauthorized, Unprocessable
+from shared.errors import TooLarge, Unauthorized, refusal_error
 from shared.repositories import devices as devices_repo
 from shared.security import TOKEN_PREFIX, hash_provision_token
-from shared.services import twins
 from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
-from shared.services.report_batches import AppliedReport
 from shared.services.token_reports import TokenReport
-from shared.settings import Settings
-from shared.twin import Limits
-from shared.web import ORJSONResponse, decode_json, json_body_schema
+from shared.web import ORJSONResponse, json_body_schema
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
@@ -37,11 +33,6 @@ _REPORT_BODY = json_body_schema(
 
 def _pool(request: Request) -> asyncpg.Pool:
     value: asyncpg.Pool = request.app.state.pool
-    return value
-
-
-def _settings(request: Request) -> Settings:
-    value: Settings = request.app.state.settings
     return value
 
 
@@ -109,7 +100,8 @@ async def post_reported(request: Request) -> Response:
     if applied.schema_violations:
         REPORTED_SCHEMA_VIOLATIONS.labels("http").inc()
     if applied.outcome in {"malformed", "too_large"}:
-        raise _refusal(body, applied, _settings(request).limits)
+        assert applied.refusal is not None
+        raise refusal_error(applied.refusal)
     return ORJSONResponse(applied.reply, status_code=200 if applied.accepted else 409)
 
 
@@ -122,14 +114,3 @@ async def get_shadow(request: Request) -> dict[str, Any]:
     if row is None:
         raise Unauthorized(_INVALID_TOKEN)
     return {"desired": row["desired_state"], "version": row["desired_version"]}
-
-
-def _refusal(body: bytes, applied: AppliedReport, limits: Limits) -> DomainError:
-    """A refused report's error, worded as the API words a body it cannot take."""
-    try:
-        twins.parse_report(decode_json(body), limits)
-    except DomainError as exc:
-        return exc
-    # The body was a good report; the reported state it would make broke a limit.
-    assert applied.reply is not None
-    return (TooLarge if applied.outcome == "too_large" else Unprocessable)(applied.reply["error"])

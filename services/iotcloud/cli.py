@@ -17,8 +17,9 @@ import uvloop
 from iotcloud import embedded
 from iotcloud.provisioning import ProvisioningError
 from shared import db
+from shared import settings as env_settings
 from shared.errors import DomainError
-from shared.settings import SettingsError, project_home
+from shared.settings import SettingsError, env_port, project_home
 
 DEFAULT_PG_PORT = 5544
 CLI_ACTOR = "iotcloud-cli"
@@ -31,25 +32,15 @@ class CliError(Exception):
     pass
 
 
-def _port(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if raw.isdigit() else default
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if raw.isdigit() else default
-
-
 def embedded_postgres() -> embedded.EmbeddedPostgres:
-    return embedded.EmbeddedPostgres(project_home(), _port("IOTCLOUD_PG_PORT", DEFAULT_PG_PORT))
+    return embedded.EmbeddedPostgres(project_home(), env_port("IOTCLOUD_PG_PORT", DEFAULT_PG_PORT))
 
 
 def embedded_broker() -> embedded.EmbeddedBroker:
     return embedded.EmbeddedBroker(
         project_home(),
-        _port("IOTCLOUD_BROKER_PORT", DEFAULT_BROKER_PORT),
-        tls_port=_port("IOTCLOUD_BROKER_TLS_PORT", DEFAULT_BROKER_TLS_PORT),
+        env_port("IOTCLOUD_BROKER_PORT", DEFAULT_BROKER_PORT),
+        tls_port=env_port("IOTCLOUD_BROKER_TLS_PORT", DEFAULT_BROKER_TLS_PORT),
         bind=os.environ.get("IOTCLOUD_BROKER_BIND") or "127.0.0.1",
         durability=broker_durability(),
     )
@@ -130,10 +121,10 @@ async def cmd_migrate(_: argparse.Namespace) -> None:
 
 
 async def cmd_tenant_create(args: argparse.Namespace) -> None:
+    from shared.ids import is_tenant_id
     from shared.repositories import tenants
-    from shared.services.devices import TENANT_ID_RE
 
-    if not TENANT_ID_RE.match(args.id):
+    if not is_tenant_id(args.id):
         raise CliError("tenant id must match [a-z0-9][a-z0-9-]{0,62}")
 
     async def work(conn: Any) -> bool:
@@ -301,14 +292,12 @@ async def cmd_fleet_set_desired(args: argparse.Namespace) -> None:
 
     Exits 1 when some device refused the write (the job is then "failed").
     """
-    from datetime import timedelta
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from shared.repositories import tenants
     from shared.services import fleet
-    from shared.twin import Limits
 
     try:
         desired = orjson.loads(args.desired)
@@ -326,11 +315,8 @@ async def cmd_fleet_set_desired(args: argparse.Namespace) -> None:
     if args.q:
         filter_document["q"] = args.q
     # The same settings, with the same defaults, as the services (shared.settings).
-    limits = Limits(
-        max_state_bytes=_env_int("IOTCLOUD_MAX_STATE_BYTES", 64 * 1024),
-        max_depth=_env_int("IOTCLOUD_MAX_DEPTH", 16),
-    )
-    stale_after = timedelta(seconds=_env_int("IOTCLOUD_STALE_AFTER_S", 3600))
+    limits = env_settings.limits()
+    stale_after = env_settings.stale_after()
     request = fleet.parse_job_request({"filter": filter_document, "desired": desired}, limits)
 
     url = database_url()
@@ -448,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with no --duration the run ends when all are sent",
     )
     simulate.add_argument("--http", action="store_true", help="poll and report over HTTP instead")
-    simulate.add_argument("--http-url", default=f"http://127.0.0.1:{_port('INGEST_PORT', 8001)}")
+    simulate.add_argument("--http-url", default=f"http://127.0.0.1:{env_port('INGEST_PORT', 8001)}")
     simulate.add_argument(
         "--duration", type=float, default=0.0, help="seconds; 0 runs until stopped"
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.twin import Refusal
+
 
 class DomainError(Exception):
     status_code = 400
@@ -43,3 +45,23 @@ class Forbidden(DomainError):
 
 class ServiceUnavailable(DomainError):
     status_code = 503
+
+
+_REFUSAL_ERRORS: dict[str, type[DomainError]] = {
+    "malformed": Unprocessable,
+    "too_large": TooLarge,
+    "schema": Unprocessable,
+    "precondition": PreconditionFailed,
+    "version": Conflict,
+}
+
+
+def refusal_error(refusal: Refusal) -> DomainError:
+    """The HTTP error of a refused twin write: the one place a refusal gets its status."""
+    detail = refusal.detail if refusal.detail is not None else refusal.message
+    return _REFUSAL_ERRORS[refusal.kind](detail)
+
+
+def raise_if_refused(refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise refusal_error(refusal)

@@ -7,7 +7,7 @@ import gc
 # The collector's default first threshold (700 net allocations) is far below what one batch
 # of reports keeps alive at once (hundreds of messages, their packets, dicts and records), so
 # under load it ran a young-generation collection every few reports, each walking everything
-# the batch held: 13 % of ingest_iot's samples. Collections of the young generation still
+# the batch held (profiles in docs/benchmarks.md). Collections of the young generation still
 # run, just less often; reference counting frees almost everything before they do.
 _YOUNG_THRESHOLD = 50_000
 

@@ -106,6 +106,11 @@ def sync_status(
     return "synced" if reported_version >= desired_version else "pending"
 
 
+def in_sync(delta: dict[str, JSON], desired_version: int, reported_version: int) -> bool:
+    """The device has applied the latest desired version and its reported state matches."""
+    return not delta and reported_version >= desired_version
+
+
 # --- versions ------------------------------------------------------------------------------
 
 
@@ -142,12 +147,19 @@ class Limits:
     max_depth: int = DEFAULT_MAX_DEPTH
 
 
-class TwinLimitError(ValueError):
-    """A document breaks a size or depth limit; ``too_large`` tells which (413 vs 422)."""
+RefusalKind = Literal["malformed", "too_large", "schema", "precondition", "version"]
 
-    def __init__(self, message: str, *, too_large: bool) -> None:
-        super().__init__(message)
-        self.too_large = too_large
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a twin write is refused, typed; ``shared.errors.refusal_error`` gives its status.
+
+    ``detail`` is the structured body where there is one (schema violations), else None.
+    """
+
+    kind: RefusalKind
+    message: str
+    detail: JSON = None
 
 
 def json_depth(value: JSON) -> int:
@@ -169,20 +181,63 @@ def compact_size(value: JSON) -> int:
     return len(orjson.dumps(value))
 
 
-def check_limits(document: JSON, limits: Limits, *, what: str) -> None:
-    """Raise :class:`TwinLimitError` when ``document`` is too deep or too large."""
+def limits_refusal(document: JSON, limits: Limits, *, what: str) -> Refusal | None:
+    """Why ``document`` is too deep (malformed) or too large; None when it fits."""
     depth = json_depth(document)
     if depth > limits.max_depth:
-        raise TwinLimitError(
-            f"{what} is nested {depth} levels deep; the limit is {limits.max_depth}",
-            too_large=False,
+        return Refusal(
+            "malformed", f"{what} is nested {depth} levels deep; the limit is {limits.max_depth}"
         )
     size = compact_size(document)
     if size > limits.max_state_bytes:
-        raise TwinLimitError(
+        return Refusal(
+            "too_large",
             f"{what} is {size} bytes as compact JSON; the limit is {limits.max_state_bytes}",
-            too_large=True,
         )
+    return None
+
+
+# --- NUL -----------------------------------------------------------------------------------
+#
+# PostgreSQL's jsonb and text cannot hold U+0000, so a document that carries one anywhere (a
+# key or a string) is refused as malformed before it reaches the database.
+
+
+def nul_pointer(value: JSON) -> str | None:
+    """The JSON pointer of the first key or string holding U+0000, or None."""
+    stack: list[tuple[JSON, list[str | int]]] = [(value, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return json_pointer(path)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                if "\x00" in key:
+                    return json_pointer([*path, key])
+                stack.append((child, [*path, key]))
+        elif isinstance(node, list):
+            stack.extend((child, [*path, index]) for index, child in enumerate(node))
+    return None
+
+
+def nul_refusal(value: JSON, *, what: str = "the JSON") -> Refusal | None:
+    """Refuse ``value`` (as malformed) if a key or string in it holds U+0000."""
+    pointer = nul_pointer(value)
+    if pointer is None:
+        return None
+    return Refusal(
+        "malformed",
+        f"{what} holds a NUL character (\\u0000) at {pointer or '/'!r}, which cannot be stored",
+    )
+
+
+def nul_refusal_in_json(raw: bytes, value: JSON) -> Refusal | None:
+    """:func:`nul_refusal` for ``value`` decoded from the JSON text ``raw``: JSON can carry
+    NUL only as the escape ``\\u0000``, so the walk is skipped when ``raw`` has none."""
+    if b"\\u0000" not in raw:
+        return None
+    return nul_refusal(value)
 
 
 # --- per-leaf metadata (SPEC §8) -----------------------------------------------------------
@@ -341,3 +396,170 @@ def schema_violations(schema: JSON, document: JSON) -> list[SchemaViolation]:
         return [
             SchemaViolation("", "$ref", f"the schema has a reference that does not resolve: {exc}")
         ]
+
+
+# --- the write sequence --------------------------------------------------------------------
+#
+# Every twin write, whatever carried it (an operator's PATCH, a bulk job, a device's report
+# over HTTP or MQTT, alone or in a batch), is one of the two functions below: limits, version
+# rule, merge, metadata, history entry, schema. Services load and lock the twin, call one of
+# them, and store what it returns; they never repeat a step.
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One side of a twin (desired or reported): its state, per-leaf metadata and version."""
+
+    state: dict[str, JSON]
+    metadata: dict[str, JSON]
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """The history row an accepted write adds (the actor is the caller's to add)."""
+
+    kind: Literal["desired", "reported"]
+    version: int
+    patch: dict[str, JSON]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """An accepted write: the side as it now stands and the history entry to record.
+
+    ``schema_violations``: a report is accepted even when the merged reported state breaks
+    the model's reported schema (a device must never be locked out); these are the rules it
+    broke, for the caller to count and the twin document to show.
+    """
+
+    side: Side
+    history: HistoryEntry
+    schema_violations: tuple[SchemaViolation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSchema:
+    """A device model's schema for one side, with the model's id for the refusal's words."""
+
+    model_id: str
+    schema: dict[str, JSON]
+
+
+def apply_desired(
+    desired: Side,
+    patch: dict[str, JSON],
+    *,
+    limits: Limits,
+    at: datetime,
+    model: ModelSchema | None = None,
+    if_match: int | None = None,
+) -> Written | Refusal:
+    """An operator's merge patch on desired state: the new side (version + 1) or a refusal.
+
+    Refused, in this order: ``precondition`` when ``if_match`` is not the current version;
+    ``malformed``/``too_large`` when the patch or the merged state breaks a limit; ``schema``
+    when the merged state breaks the model's desired schema.
+    """
+    if if_match is not None and desired.version != if_match:
+        return Refusal(
+            "precondition",
+            f"desired_version is {desired.version}, not {if_match}: the twin changed",
+        )
+    refusal = limits_refusal(patch, limits, what="desired patch")
+    if refusal is not None:
+        return refusal
+    merged = merge_patch(desired.state, patch)
+    refusal = limits_refusal(merged, limits, what="desired state")
+    if refusal is not None:
+        return refusal
+    if model is not None:
+        violations = schema_violations(model.schema, merged)
+        if violations:
+            return desired_schema_refusal(
+                model.model_id, violations, what="the desired state after this patch"
+            )
+    version = desired.version + 1
+    metadata = merge_metadata(desired.metadata, patch, version=version, at=at)
+    return Written(Side(merged, metadata, version), HistoryEntry("desired", version, patch, at))
+
+
+def desired_schema_refusal(
+    model_id: str, violations: list[SchemaViolation], *, what: str
+) -> Refusal:
+    message = f"{what} does not match the desired_schema of model {model_id!r}"
+    return Refusal(
+        "schema",
+        message,
+        {
+            "message": message,
+            "model_id": model_id,
+            "errors": [violation.as_json() for violation in violations],
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A device's report, parsed and limit-checked, from HTTP or MQTT alike."""
+
+    reported: dict[str, JSON]
+    version: int
+    client_token: str | None = None
+
+
+MAX_CLIENT_TOKEN = 64
+
+
+def parse_report(payload: JSON, limits: Limits) -> Report | Refusal:
+    """A decoded report body as a :class:`Report`, or why it is not one."""
+    if not isinstance(payload, dict):
+        return Refusal("malformed", "report must be a JSON object")
+    reported, version = payload.get("reported"), payload.get("version")
+    if not isinstance(reported, dict):
+        return Refusal("malformed", "'reported' must be a JSON object")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        return Refusal("malformed", "'version' must be a non-negative integer")
+    client_token = payload.get("clientToken")
+    if client_token is not None and (
+        not isinstance(client_token, str) or len(client_token) > MAX_CLIENT_TOKEN
+    ):
+        return Refusal(
+            "malformed", f"'clientToken' must be a string of at most {MAX_CLIENT_TOKEN} characters"
+        )
+    refusal = limits_refusal(reported, limits, what="reported state")
+    if refusal is not None:
+        return refusal
+    return Report(reported=reported, version=version, client_token=client_token)
+
+
+def apply_report(
+    reported: Side,
+    desired_version: int,
+    report: Report,
+    *,
+    limits: Limits,
+    at: datetime,
+    schema: dict[str, JSON] | None = None,
+) -> Written | Refusal:
+    """A device's report on reported state: the new side or a refusal.
+
+    Refused as ``version`` under the version rule (:func:`check_report_version`) and as
+    ``malformed``/``too_large`` when the merged state breaks a limit. Breaking the model's
+    reported ``schema`` does not refuse: the violations travel with the write.
+    """
+    verdict = check_report_version(report.version, reported.version, desired_version)
+    if not verdict.accepted:
+        return Refusal("version", verdict.error or "version refused")
+    merged = merge_patch(reported.state, report.reported)
+    refusal = limits_refusal(merged, limits, what="reported state")
+    if refusal is not None:
+        return refusal
+    metadata = merge_metadata(reported.metadata, report.reported, version=report.version, at=at)
+    violations = tuple(schema_violations(schema, merged)) if schema is not None else ()
+    return Written(
+        Side(merged, metadata, report.version),
+        HistoryEntry("reported", report.version, report.reported, at),
+        violations,
+    )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -12,12 +13,15 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import UNAVAILABLE_ERRORS
-from shared.errors import DomainError, TooLarge, Unprocessable
+from shared.errors import DomainError, TooLarge, Unprocessable, raise_if_refused
+from shared.settings import Settings
+from shared.twin import nul_refusal_in_json
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,14 @@ def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None)
     return ORJSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+def _validation_message(error: dict[str, Any]) -> str:
+    message = str(error.get("msg", ""))
+    context = error.get("ctx")
+    if isinstance(context, dict) and "error" in context:  # e.g. why the JSON did not decode
+        message += f": {context['error']}"
+    return message
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON ``{"detail": ...}``; nothing reaches a client as a stack trace."""
 
@@ -62,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = [
             {
                 "loc": list(err.get("loc", ())),
-                "msg": err.get("msg", ""),
+                "msg": _validation_message(err),
                 "type": err.get("type", ""),
             }
             for err in exc.errors()
@@ -72,6 +84,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json_error(exc.status_code, exc.detail, dict(exc.headers or {}) or None)
+
+    @app.exception_handler(asyncpg.exceptions.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.exceptions.UntranslatableCharacterError)
+    async def unstorable_text(request: Request, exc: Exception) -> Response:
+        # PostgreSQL's text and jsonb cannot hold U+0000: bodies are checked for it before
+        # they reach the database, and this answers for any other input (a name, a query
+        # parameter) that still carries one. The transaction rolled back: nothing written.
+        log.info("unstorable text during %s %s: %r", request.method, request.url.path, exc)
+        return _json_error(
+            422, "the request holds a character that cannot be stored (NUL, \\u0000)"
+        )
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable during %s %s: %r", request.method, request.url.path, exc)
@@ -88,8 +111,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json_error(500, "internal error")
 
 
+def app_settings(request: Request) -> Settings:
+    """The settings the app's lifespan put on ``app.state``."""
+    value: Settings = request.app.state.settings
+    return value
+
+
 async def json_body(request: Request) -> Any:
-    """Decode a JSON body with orjson: malformed or too deeply nested is 422, never a 500."""
+    """Decode a JSON body with orjson: malformed, too deeply nested or holding a NUL
+    character is 422, never a 500."""
     return decode_json(await request.body())
 
 
@@ -98,14 +128,42 @@ def decode_json(raw: bytes) -> Any:
     if not raw:
         raise Unprocessable("request body must be JSON")
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Unprocessable(f"request body is not valid JSON: {exc}") from exc
+    raise_if_refused(nul_refusal_in_json(raw, value))
+    return value
 
 
 def json_body_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """``openapi_extra`` for a JSON body that the route reads itself with :func:`json_body`."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class _StorableJSONRequest(Request):
+    """A request whose ``json()`` is orjson's (which refuses lone surrogates, unlike the
+    standard library's) and refuses NUL characters: text PostgreSQL cannot store."""
+
+    async def json(self) -> Any:
+        raw = await self.body()
+        value = orjson.loads(raw)  # orjson.JSONDecodeError is a json.JSONDecodeError
+        refusal = nul_refusal_in_json(raw, value)
+        if refusal is not None:
+            # FastAPI answers a json.JSONDecodeError as a 422 naming the error.
+            raise json.JSONDecodeError(refusal.message, raw.decode(errors="replace"), 0)
+        return value
+
+
+class StorableJSONRoute(APIRoute):
+    """Routes whose pydantic bodies are parsed by :class:`_StorableJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def storable_json_handler(request: Request) -> Response:
+            return await handler(_StorableJSONRequest(request.scope, request.receive))
+
+        return storable_json_handler
 
 
 class BodyLimitMiddleware:

@@ -37,6 +37,9 @@ def test_cli_flow_and_refusals(database_url: str, broker: Broker) -> None:
     refusals = [
         (("tenant", "create", "acme"), "already exists"),
         (("tenant", "create", "Bad_Id"), "tenant id must match"),
+        (("tenant", "create", "x\n"), "tenant id must match"),
+        (("tenant", "create", "x\u00e9"), "tenant id must match"),
+        (("device", "create", "--tenant", "acme", "--id", "d-1\n"), "device_id must match"),
         (
             ("user", "create", "--tenant", "nope", "--email", "a@b.c", "--password", "long-enough"),
             "no tenant",
@@ -67,6 +70,21 @@ def test_cli_flow_and_refusals(database_url: str, broker: Broker) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+    # A bad setting stops the command with one line naming it.
+    refused = run(
+        {**env, "IOTCLOUD_MAX_DEPTH": "-1"},
+        "fleet",
+        "set-desired",
+        "--tenant",
+        "acme",
+        "--desired",
+        "{}",
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "iotcloud: IOTCLOUD_MAX_DEPTH must be at least 1, got -1"
+    ]
 
     user = run(
         env,

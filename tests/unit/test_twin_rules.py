@@ -11,12 +11,11 @@ from hypothesis import strategies as st
 
 from shared.twin import (
     Limits,
-    TwinLimitError,
-    check_limits,
     check_report_version,
     compute_delta,
     json_depth,
     json_equal,
+    limits_refusal,
     merge_patch,
     sync_status,
 )
@@ -133,13 +132,11 @@ def test_depth() -> None:
 
 def test_limits() -> None:
     limits = Limits(max_state_bytes=20, max_depth=2)
-    check_limits({"a": {"b": 1}}, limits, what="doc")
-    with pytest.raises(TwinLimitError) as deep:
-        check_limits({"a": {"b": {"c": 1}}}, limits, what="doc")
-    assert not deep.value.too_large
-    with pytest.raises(TwinLimitError) as big:
-        check_limits({"a": "x" * 30}, limits, what="doc")
-    assert big.value.too_large
+    assert limits_refusal({"a": {"b": 1}}, limits, what="doc") is None
+    deep = limits_refusal({"a": {"b": {"c": 1}}}, limits, what="doc")
+    assert deep is not None and deep.kind == "malformed" and "3 levels" in deep.message
+    big = limits_refusal({"a": "x" * 30}, limits, what="doc")
+    assert big is not None and big.kind == "too_large" and "doc is 38 bytes" in big.message
 
 
 # --- properties -----------------------------------------------------------------------------

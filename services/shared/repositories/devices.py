@@ -12,15 +12,10 @@ _LIST_COLUMNS = """d.device_id, d.tenant_id, d.name, d.tags, d.created_at,
        s.desired_version, s.reported_version, s.last_seen,
        s.connected, s.connected_at, s.disconnected_at"""
 
-# The SQL twin of shared.twin.sync_status, for filtering inside the database; {cutoff} is
-# the parameter holding ``now() - stale_after``. Pending says "IS TRUE" as well so that the
-# planner estimates it from the expression statistics of migration 006, not a flat third.
-_STATUS_PREDICATES = {
-    "stale": "(s.last_seen IS NULL OR s.last_seen < {cutoff})",
-    "synced": "(s.last_seen >= {cutoff} AND s.reported_version >= s.desired_version)",
-    "pending": "(s.last_seen >= {cutoff} AND s.desired_version > s.reported_version"
-    " AND (s.desired_version > s.reported_version) IS TRUE)",
-}
+# Sync status is the SQL function of migration 013; the status goes in as a constant (from
+# this fixed set, never from the request), so the planner folds the function to the one
+# predicate asked for and can use the indexes behind it.
+_STATUS_LITERALS = {"stale": "'stale'", "synced": "'synced'", "pending": "'pending'"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +51,12 @@ def filter_sql(
     tenant = arg(tenant_id)
     clauses = [f"d.tenant_id = {tenant}", f"s.tenant_id = {tenant}", "d.revoked_at IS NULL"]
     if device_filter.sync_status is not None:
+        status = _STATUS_LITERALS[device_filter.sync_status]
         cutoff = arg(stale_after)
-        predicate = _STATUS_PREDICATES[device_filter.sync_status]
-        clauses.append(predicate.format(cutoff=f"now() - {cutoff}::interval"))
+        clauses.append(
+            f"twin_has_sync_status({status}, s.desired_version, s.reported_version,"
+            f" s.last_seen, now() - {cutoff}::interval)"
+        )
     if device_filter.tags:
         clauses.append(f"d.tags @> {arg(device_filter.tags)}::jsonb")
     if device_filter.model_id is not None:
@@ -127,16 +125,6 @@ async def list_page(
             ORDER BY d.device_id
             LIMIT ${len(params)}""",  # noqa: S608 - only fixed fragments are interpolated
         *params,
-    )
-
-
-async def get_live(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"""SELECT {_LIST_COLUMNS}
-            FROM devices d JOIN device_state s USING (device_id)
-            WHERE d.device_id = $1 AND d.tenant_id = $2 AND d.revoked_at IS NULL""",  # noqa: S608
-        device_id,
-        tenant_id,
     )
 
 

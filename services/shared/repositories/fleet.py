@@ -29,19 +29,20 @@ async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -
                         COALESCE(sum(pending), 0)::bigint AS pending,
                         COALESCE(sum(connected), 0)::bigint AS connected
                  FROM tenant_device_counts WHERE tenant_id = $1) AS kept,
-                -- Two ranges each, index-only; "IS NULL OR <" as one condition is a bitmap
-                -- scan that reads the heap.
+                -- twin_has_sync_status('stale', ...) split in its two halves, each an
+                -- index-only range: the OR as one condition is a bitmap scan that reads the
+                -- heap.
                 (SELECT (SELECT count(*) FROM device_state
                          WHERE tenant_id = $1 AND last_seen IS NULL)
                         + (SELECT count(*) FROM device_state
                            WHERE tenant_id = $1 AND last_seen < now() - $2::interval) AS n
                 ) AS stale,
                 (SELECT (SELECT count(*) FROM device_state
-                         WHERE tenant_id = $1 AND desired_version > reported_version
-                           AND last_seen IS NULL)
+                         WHERE tenant_id = $1 AND last_seen IS NULL
+                           AND twin_awaits_report(desired_version, reported_version))
                         + (SELECT count(*) FROM device_state
-                           WHERE tenant_id = $1 AND desired_version > reported_version
-                             AND last_seen < now() - $2::interval) AS n
+                           WHERE tenant_id = $1 AND last_seen < now() - $2::interval
+                             AND twin_awaits_report(desired_version, reported_version)) AS n
                 ) AS stale_pending""",
         tenant_id,
         stale_after,

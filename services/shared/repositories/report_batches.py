@@ -68,8 +68,8 @@ async def write_reported_batch(
     marked seen, and one twin_history row per accepted report (``history``: tenant id,
     device id, version, patch), inserted (so numbered) in delivery order.
 
-    A device whose reports were all rejected (``written`` false) is only marked seen, as
-    ``twin_state.touch`` does, so its twin and ``shadow_updated_at`` stay as they were.
+    A device whose reports were all rejected (``written`` false) is only marked seen, so
+    its twin and ``shadow_updated_at`` stay as they were.
     """
     await conn.execute(
         """WITH twins AS (

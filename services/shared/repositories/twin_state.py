@@ -11,24 +11,6 @@ _TWIN_COLUMNS = """s.device_id, s.tenant_id, s.desired_state, s.reported_state,
        s.connected, s.connected_at, s.disconnected_at"""
 
 
-async def get(conn: Connection, *, tenant_id: str, device_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"""SELECT {_TWIN_COLUMNS} FROM device_state s
-            WHERE s.device_id = $1 AND s.tenant_id = $2""",  # noqa: S608 - fixed column list
-        device_id,
-        tenant_id,
-    )
-
-
-async def touch(conn: Connection, *, device_id: str) -> int:
-    """Mark the device seen; returns its reported version."""
-    version: int = await conn.fetchval(
-        "UPDATE device_state SET last_seen = now() WHERE device_id = $1 RETURNING reported_version",
-        device_id,
-    )
-    return version
-
-
 # The twin with its per-leaf metadata and the device's model, for the operator API and for
 # writes that keep metadata and history (shared.services.twins).
 _DOCUMENT_COLUMNS = f"""{_TWIN_COLUMNS}, s.desired_metadata, s.reported_metadata"""
@@ -88,23 +70,3 @@ async def write_desired_document(
     )
     assert row is not None
     return row
-
-
-async def write_reported_document(
-    conn: Connection,
-    *,
-    device_id: str,
-    reported: dict[str, Any],
-    metadata: dict[str, Any],
-    version: int,
-) -> None:
-    await conn.execute(
-        """UPDATE device_state
-           SET reported_state = $2, reported_metadata = $3, reported_version = $4,
-               shadow_updated_at = now(), last_seen = now()
-           WHERE device_id = $1""",
-        device_id,
-        reported,
-        metadata,
-        version,
-    )

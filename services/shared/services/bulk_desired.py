@@ -1,13 +1,10 @@
-"""The batch twin of :func:`shared.services.twins.patch_desired`, for bulk desired jobs.
+"""Bulk desired jobs: one merge patch on many devices in a handful of statements per batch.
 
-One merge patch on many devices with a handful of statements per batch instead of three per
-device: a single write is bound by round trips, and a 100,000-device rollout must not be.
-Every rule comes from ``shared.twin`` (merge patch, limits, per-leaf metadata, JSON Schema),
-and every step mirrors ``patch_desired``: lock the rows, check the limits and the model's
-schema (share-locked, as there), bump the version by one, stamp metadata with the
-transaction clock, record history with the same actor. A device whose write is refused is
-left untouched and reported, never partly written. ``tests/integration/test_fleet_jobs.py``
-checks that a bulk write leaves exactly what a single PATCH leaves.
+A single write is bound by round trips, and a 100,000-device rollout must not be. The write
+itself is ``shared.twin.apply_desired``, as for a single PATCH: this module only locks the
+rows (and each model's schema, share-locked as a single write does), calls it per device and
+stores the results in two statements. A device whose write is refused is left untouched and
+reported, never partly written.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from typing import Any
 
 from shared import twin
 from shared.db import Connection
-from shared.errors import DomainError, TooLarge, Unprocessable
+from shared.errors import DomainError, refusal_error
 from shared.repositories import fleet as fleet_repo
 from shared.services import models
 from shared.services.history import Actor
@@ -59,51 +56,46 @@ async def patch_desired_many(
     outcomes = {
         device_id: Outcome("skipped", error="device no longer exists") for device_id in device_ids
     }
-    schemas: dict[str, models.Schemas | DomainError] = {}
-    writes: list[tuple[str, dict[str, Any], dict[str, Any], int]] = []
+    schemas: dict[str, twin.ModelSchema | DomainError] = {}
+    writes: list[tuple[str, twin.Written]] = []
     for row in rows:
         device_id = row["device_id"]
-        merged = twin.merge_patch(row["desired_state"], patch)
-        try:
-            twin.check_limits(merged, limits, what="desired state")
-        except twin.TwinLimitError as exc:
-            outcomes[device_id] = _refusal((TooLarge if exc.too_large else Unprocessable)(str(exc)))
-            continue
         model_id: str | None = row["model_id"]
+        model: twin.ModelSchema | None = None
         if model_id is not None:
             if model_id not in schemas:
                 try:
-                    schemas[model_id] = await models.schemas_for_desired_write(
+                    found = await models.schemas_for_desired_write(
                         conn, tenant_id=tenant_id, model_id=model_id
                     )
+                    schemas[model_id] = twin.ModelSchema(model_id, found.desired)
                 except DomainError as exc:
                     schemas[model_id] = exc
-            schema = schemas[model_id]
-            if isinstance(schema, DomainError):
-                outcomes[device_id] = _refusal(schema)
+            cached = schemas[model_id]
+            if isinstance(cached, DomainError):
+                outcomes[device_id] = _refusal(cached)
                 continue
-            violations = twin.schema_violations(schema.desired, merged)
-            if violations:
-                outcomes[device_id] = _refusal(
-                    models.desired_violations_error(
-                        model_id, violations, what="the desired state after this patch"
-                    )
-                )
-                continue
-        version = row["desired_version"] + 1
-        metadata = twin.merge_metadata(
-            row["desired_metadata"], patch, version=version, at=row["now"]
+            model = cached
+        written = twin.apply_desired(
+            twin.Side(row["desired_state"], row["desired_metadata"], row["desired_version"]),
+            patch,
+            limits=limits,
+            at=row["now"],
+            model=model,
         )
-        writes.append((device_id, merged, metadata, version))
-        outcomes[device_id] = Outcome("written", version)
+        if isinstance(written, twin.Refusal):
+            outcomes[device_id] = _refusal(refusal_error(written))
+            continue
+        writes.append((device_id, written))
+        outcomes[device_id] = Outcome("written", written.side.version)
     if writes:
-        ids = [write[0] for write in writes]
-        versions = [write[3] for write in writes]
+        ids = [device_id for device_id, _ in writes]
+        versions = [written.side.version for _, written in writes]
         await fleet_repo.write_desired_many(
             conn,
             device_ids=ids,
-            desired=[write[1] for write in writes],
-            metadata=[write[2] for write in writes],
+            desired=[written.side.state for _, written in writes],
+            metadata=[written.side.metadata for _, written in writes],
             versions=versions,
         )
         await fleet_repo.record_desired_history(

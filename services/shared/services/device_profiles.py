@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Any
 
-from shared import twin
+from shared import ids, twin
 from shared.db import Connection
 from shared.errors import NotFound, Unprocessable
 from shared.repositories import devices as devices_repo
@@ -14,7 +13,6 @@ from shared.repositories import twin_state
 from shared.services import devices, models
 
 # No ':' in a key, so a filter ``tag=key:value`` splits at its first ':' unambiguously.
-TAG_KEY_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,63}\Z")
 MAX_TAG_VALUE = 256
 MAX_TAGS = 64
 
@@ -24,7 +22,7 @@ def split_tag_patch(tags: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     to_set: dict[str, str] = {}
     to_remove: list[str] = []
     for key, value in tags.items():
-        if not TAG_KEY_RE.match(key):
+        if not ids.is_tag_key(key):
             raise Unprocessable(
                 f"tag key {key!r} must match [A-Za-z0-9][A-Za-z0-9._/-]{{0,63}} (no ':')"
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,12 +13,10 @@ import asyncpg
 from shared import twin
 from shared.db import Connection
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.ids import DEVICE_ID_RE as DEVICE_ID_RE  # provisioning imports it from here
 from shared.repositories import devices as devices_repo
 from shared.security import hash_provision_token, new_provision_token
 
-# \A and \Z, not ^ and $: "$" also matches before a trailing newline.
-DEVICE_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
-TENANT_ID_RE = re.compile(r"\A[a-z0-9][a-z0-9-]{0,62}\Z")
 SYNC_STATUSES = ("synced", "pending", "stale")
 
 

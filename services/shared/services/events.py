@@ -20,6 +20,7 @@ import orjson
 from shared import db, twin
 from shared.aio import wait_event
 from shared.errors import Unprocessable
+from shared.ids import parse_bigint_id
 from shared.mqtt import backoff_delays
 from shared.repositories import events as events_repo
 
@@ -136,10 +137,10 @@ class EventHub:
 def parse_last_event_id(value: str | None) -> int | None:
     if value is None or value.strip() == "":
         return None
-    text = value.strip()
-    if not text.isdigit() or len(text) > 18:
+    event_id = parse_bigint_id(value.strip())
+    if event_id is None:
         raise Unprocessable("Last-Event-ID must be an event id this stream sent")
-    return int(text)
+    return event_id
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -26,7 +26,7 @@ import asyncpg
 from shared import db, twin
 from shared.aio import wait_event
 from shared.db import Connection
-from shared.errors import DomainError, NotFound, TooLarge, Unprocessable
+from shared.errors import DomainError, NotFound, Unprocessable, raise_if_refused
 from shared.mqtt import backoff_delays
 from shared.repositories import fleet as fleet_repo
 from shared.repositories.devices import DeviceFilter
@@ -125,10 +125,7 @@ def parse_job_request(body: Any, limits: twin.Limits) -> JobRequest:
     if not isinstance(patch, dict):
         raise Unprocessable("'desired' must be an object: a JSON merge patch")
     filter_from_document(filter_document)
-    try:
-        twin.check_limits(patch, limits, what="desired patch")
-    except twin.TwinLimitError as exc:
-        raise (TooLarge if exc.too_large else Unprocessable)(str(exc)) from exc
+    raise_if_refused(twin.limits_refusal(patch, limits, what="desired patch"))
     return JobRequest(filter_document, patch)
 
 

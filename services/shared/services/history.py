@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
 
-from shared import db
+from shared import db, twin
 from shared.db import Connection
 from shared.errors import Unprocessable
 from shared.repositories import history as history_repo
 
 log = logging.getLogger(__name__)
 
-HistoryKind = Literal["desired", "reported"]
+_CURSOR = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,27 +46,19 @@ class Actor:
 
 
 async def record(
-    conn: Connection,
-    *,
-    tenant_id: str,
-    device_id: str,
-    kind: HistoryKind,
-    actor: Actor,
-    version: int,
-    patch: dict[str, Any],
-    at: datetime,
+    conn: Connection, *, tenant_id: str, device_id: str, actor: Actor, entry: twin.HistoryEntry
 ) -> None:
     """Record an accepted write; call it in the transaction of the write itself."""
     await history_repo.insert(
         conn,
         tenant_id=tenant_id,
         device_id=device_id,
-        kind=kind,
+        kind=entry.kind,
         actor_type=actor.type,
         actor_email=actor.email,
-        version=version,
-        patch=patch,
-        at=at,
+        version=entry.version,
+        patch=entry.patch,
+        at=entry.at,
     )
 
 
@@ -81,9 +74,13 @@ def _item(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+_MAX_ID = 2**63 - 1  # history ids are bigint
+
+
 def _decode_cursor(cursor: str) -> int:
-    if not cursor.isdigit() or len(cursor) > 19:
-        raise Unprocessable("cursor is not valid")
+    """A history id from a ``next`` value: ASCII digits within bigint, else 422."""
+    if not _CURSOR.fullmatch(cursor) or int(cursor) > _MAX_ID:
+        raise Unprocessable("cursor is not valid: pass the 'next' of the previous page")
     return int(cursor)
 
 

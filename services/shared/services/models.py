@@ -10,7 +10,14 @@ from prometheus_client import Counter
 
 from shared import twin
 from shared.db import Connection
-from shared.errors import Conflict, NotFound, TooLarge, Unprocessable
+from shared.errors import (
+    Conflict,
+    DomainError,
+    NotFound,
+    Unprocessable,
+    raise_if_refused,
+    refusal_error,
+)
 from shared.repositories import models as models_repo
 
 REPORTED_SCHEMA_VIOLATIONS = Counter(
@@ -54,10 +61,7 @@ def _check_schemas(
     for where, schema in (("desired_schema", desired_schema), ("reported_schema", reported_schema)):
         if schema is None:
             continue
-        try:
-            twin.check_limits(schema, schema_limits, what=where)
-        except twin.TwinLimitError as exc:
-            raise (TooLarge if exc.too_large else Unprocessable)(str(exc)) from exc
+        raise_if_refused(twin.limits_refusal(schema, schema_limits, what=where))
         violations.extend(twin.check_schema(schema, where=where))
     if violations:
         raise Unprocessable(
@@ -191,11 +195,5 @@ async def reported_schema(
 
 def desired_violations_error(
     model_id: str, violations: list[twin.SchemaViolation], *, what: str
-) -> Unprocessable:
-    return Unprocessable(
-        {
-            "message": f"{what} does not match the desired_schema of model {model_id!r}",
-            "model_id": model_id,
-            "errors": [violation.as_json() for violation in violations],
-        }
-    )
+) -> DomainError:
+    return refusal_error(twin.desired_schema_refusal(model_id, violations, what=what))

@@ -1,21 +1,17 @@
-"""The batch twin of :func:`shared.services.twins.apply_report`, for the MQTT bridge and the
-HTTP device API's group commit.
+"""Device reports, for the MQTT bridge and the HTTP device API's group commit alike.
 
-Under load every report that has arrived is applied as one unit of work: one statement
-locks all their twins (in device id order, like every other multi-row writer), the reports
-are applied in memory in delivery order — several of one device apply one after another,
-each seeing the last — and one statement writes the twins and their history. A single
-report costs three or four round trips and a commit; a batch of hundreds costs two and one.
+Every report that has arrived is applied as one unit of work: one statement locks all their
+twins (in device id order, like every other multi-row writer), ``shared.twin.apply_report``
+applies the reports in memory in delivery order — several of one device apply one after
+another, each seeing the last — and one statement writes the twins and their history. A
+batch of hundreds costs two round trips and one commit.
 
-Every rule is ``shared.twin``'s (version rule, merge patch, limits, per-leaf metadata, JSON
-Schema) and every effect mirrors ``apply_report`` plus the bridge's handling of a refused
-report: an accepted report merges into reported state, stamps metadata with the transaction
-clock and adds one history row; a rejected or malformed one only marks the device seen and
-is answered with the reported version current at that point of the sequence; one that
-breaks the model's reported schema is accepted and counted. A report on a topic of no live
-device is dropped without a reply. The twin event stream gets one event per device per
-batch (its final versions) instead of one per report. ``tests/integration/
-test_ingest_batching.py`` checks that a batch leaves exactly what single reports leave.
+An accepted report merges into reported state, stamps metadata with the transaction clock
+and adds one history row; a refused or malformed one only marks the device seen and is
+answered with the reported version current at that point of the sequence; one that breaks
+the model's reported schema is accepted and counted. A report on a topic of no live device
+is dropped without a reply. The twin event stream gets one event per device per batch (its
+final versions) instead of one per report.
 """
 
 from __future__ import annotations
@@ -30,10 +26,8 @@ import orjson
 
 from shared import twin
 from shared.db import Connection
-from shared.errors import DomainError, TooLarge, Unprocessable
 from shared.repositories import report_batches as repo
 from shared.services.history import Actor
-from shared.services.twins import Report, ReportOutcome, parse_report
 
 JSON = Any
 
@@ -52,12 +46,14 @@ class AppliedReport:
     """What became of one report.
 
     ``outcome`` is the metric label (accepted, version, malformed, too_large, foreign);
-    ``reply`` the body for the device's accepted/rejected topic, None when it gets none.
+    ``reply`` the body for the device's accepted/rejected topic, None when it gets none;
+    ``refusal`` why a refused report was refused.
     """
 
     outcome: str
     reply: dict[str, JSON] | None
     schema_violations: int = 0
+    refusal: twin.Refusal | None = None
 
     @property
     def accepted(self) -> bool:
@@ -65,10 +61,27 @@ class AppliedReport:
 
 
 @dataclass(frozen=True, slots=True)
-class _Refused:
+class ReportOutcome:
+    """What a device is told of its report (the accepted/rejected body, HTTP and MQTT)."""
+
+    accepted: bool
+    version: int
+    error: str | None = None
+
+    def as_json(self, client_token: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"accepted": self.accepted, "version": self.version}
+        if self.error is not None:
+            body["error"] = self.error
+        if client_token is not None:
+            body["clientToken"] = client_token
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
     """A payload that never became a report (413 or 422 on HTTP)."""
 
-    error: DomainError
+    refusal: twin.Refusal
     client_token: str | None
 
 
@@ -85,32 +98,37 @@ class _Twin:
     written: bool = False
 
 
-def parse_payload(payload: bytes, limits: twin.Limits) -> Report | _Refused:
-    """Decode and validate a raw MQTT report payload (the HTTP path's rules)."""
-    decoded: object = None
+def parse_payload(payload: bytes, limits: twin.Limits) -> twin.Report | Unparsed:
+    """Decode and validate a raw report payload (HTTP body or MQTT message alike)."""
+    if len(payload) > 4 * limits.max_state_bytes:
+        refusal = twin.Refusal(
+            "too_large", f"payload is larger than {4 * limits.max_state_bytes} bytes"
+        )
+        return Unparsed(refusal, None)
     try:
-        if len(payload) > 4 * limits.max_state_bytes:
-            raise TooLarge(f"payload is larger than {4 * limits.max_state_bytes} bytes")
-        try:
-            decoded = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise Unprocessable(f"payload is not valid JSON: {exc}") from exc
-        return parse_report(decoded, limits)
-    except DomainError as exc:
-        return _Refused(exc, _client_token(decoded))
+        decoded = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return Unparsed(twin.Refusal("malformed", f"payload is not valid JSON: {exc}"), None)
+    parsed = twin.nul_refusal_in_json(payload, decoded) or twin.parse_report(decoded, limits)
+    if isinstance(parsed, twin.Refusal):
+        return Unparsed(parsed, _client_token(decoded))
+    return parsed
 
 
 def _client_token(decoded: object) -> str | None:
     """Echo a well-formed clientToken even on a rejected report, so the device can match it."""
     if isinstance(decoded, dict):
         token = decoded.get("clientToken")
-        if isinstance(token, str) and len(token) <= 64:
+        if isinstance(token, str) and len(token) <= twin.MAX_CLIENT_TOKEN:
             return token
     return None
 
 
-def _refusal_label(error: DomainError) -> str:
-    return "too_large" if isinstance(error, TooLarge) else "malformed"
+def outcome_label(refusal: twin.Refusal) -> str:
+    """The metric label of a refused report."""
+    if refusal.kind == "version":
+        return "version"
+    return "too_large" if refusal.kind == "too_large" else "malformed"
 
 
 async def apply_reports(
@@ -161,7 +179,7 @@ async def apply_to_locked(
             continue
         results.append(_apply_one(state, report, limits=limits, at=now))
         if results[-1].accepted:
-            assert isinstance(report, Report)
+            assert isinstance(report, twin.Report)
             history.append(
                 (incoming.tenant_id, incoming.device_id, report.version, report.reported)
             )
@@ -182,33 +200,34 @@ async def apply_to_locked(
 
 
 def _apply_one(
-    state: _Twin, report: Report | _Refused, *, limits: twin.Limits, at: datetime
+    state: _Twin, report: twin.Report | Unparsed, *, limits: twin.Limits, at: datetime
 ) -> AppliedReport:
-    """One report on a locked twin, in memory: ``apply_report``'s steps and verdicts."""
-    if isinstance(report, _Refused):
-        refused = ReportOutcome(False, state.reported_version, str(report.error.detail))
-        return AppliedReport(_refusal_label(report.error), refused.as_json(report.client_token))
-    verdict = twin.check_report_version(
-        report.version, state.reported_version, state.desired_version
+    """One report on a locked twin, in memory; ``state`` is left as the report leaves it."""
+    if isinstance(report, Unparsed):
+        refused = ReportOutcome(False, state.reported_version, report.refusal.message)
+        return AppliedReport(
+            outcome_label(report.refusal),
+            refused.as_json(report.client_token),
+            refusal=report.refusal,
+        )
+    written = twin.apply_report(
+        twin.Side(state.reported, state.metadata, state.reported_version),
+        state.desired_version,
+        report,
+        limits=limits,
+        at=at,
+        schema=state.reported_schema,
     )
-    if not verdict.accepted:
-        rejected = ReportOutcome(False, state.reported_version, verdict.error)
-        return AppliedReport("version", rejected.as_json(report.client_token))
-    merged = twin.merge_patch(state.reported, report.reported)
-    try:
-        twin.check_limits(merged, limits, what="reported state")
-    except twin.TwinLimitError as exc:
-        error = (TooLarge if exc.too_large else Unprocessable)(str(exc))
-        refused = ReportOutcome(False, state.reported_version, str(error.detail))
-        return AppliedReport(_refusal_label(error), refused.as_json(report.client_token))
-    state.metadata = twin.merge_metadata(
-        state.metadata, report.reported, version=report.version, at=at
+    if isinstance(written, twin.Refusal):
+        refused = ReportOutcome(False, state.reported_version, written.message)
+        return AppliedReport(
+            outcome_label(written), refused.as_json(report.client_token), refusal=written
+        )
+    state.reported, state.metadata = written.side.state, written.side.metadata
+    state.reported_version, state.written = written.side.version, True
+    violations = len(written.schema_violations)
+    return AppliedReport(
+        "accepted",
+        ReportOutcome(True, written.side.version).as_json(report.client_token),
+        violations,
     )
-    state.reported, state.reported_version, state.written = merged, report.version, True
-    violations = (
-        len(twin.schema_violations(state.reported_schema, merged))
-        if state.reported_schema is not None
-        else 0
-    )
-    accepted = ReportOutcome(True, report.version, schema_violations=violations)
-    return AppliedReport("accepted", accepted.as_json(report.client_token), violations)

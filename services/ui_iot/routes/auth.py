@@ -9,9 +9,10 @@ from pydantic import BaseModel
 from shared.errors import Unauthorized
 from shared.repositories import users
 from shared.security import Principal, issue_token, verify_password
+from shared.web import StorableJSONRoute
 from ui_iot.deps import AppSettings, Conn
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(route_class=StorableJSONRoute, tags=["auth"])
 
 
 class TokenOut(BaseModel):

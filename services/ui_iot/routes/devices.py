@@ -10,14 +10,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared import twin
 from shared.db import transaction
 from shared.errors import NotFound, PreconditionFailed, Unprocessable
+from shared.ids import DEVICE_ID_PATTERN, MODEL_ID_PATTERN, parse_bigint_id
 from shared.repositories import devices as devices_repo
 from shared.services import device_batches, device_profiles, devices, history, twins
 from shared.services.history import Actor
 from shared.services.twin_reads import TwinReads
-from shared.settings import Settings
-from shared.web import ORJSONResponse, json_body, json_body_schema
+from shared.web import ORJSONResponse, StorableJSONRoute, app_settings, json_body, json_body_schema
 from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Operator, Pool, Viewer
 
 
@@ -34,13 +35,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             running.cancel()
 
 
-router = APIRouter(prefix="/customer/devices", tags=["devices"], lifespan=_lifespan)
-
-_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+router = APIRouter(
+    route_class=StorableJSONRoute, prefix="/customer/devices", tags=["devices"], lifespan=_lifespan
+)
 
 
 class DeviceCreate(BaseModel):
-    device_id: str | None = Field(default=None, pattern=_DEVICE_ID)
+    device_id: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
     name: str | None = Field(default=None, max_length=200)
 
 
@@ -89,7 +90,7 @@ class DevicePatch(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     tags: dict[str, str | None] | None = None
-    model_id: str | None = Field(default=None, pattern=_DEVICE_ID)
+    model_id: str | None = Field(default=None, pattern=MODEL_ID_PATTERN)
 
 
 _PATCH_DESIRED_BODY = json_body_schema(
@@ -99,11 +100,6 @@ _PATCH_DESIRED_BODY = json_body_schema(
         "properties": {"desired": {"type": "object", "description": "JSON merge patch"}},
     }
 )
-
-
-def _settings(request: Request) -> Settings:
-    value: Settings = request.app.state.settings
-    return value
 
 
 def _etag(version: int) -> str:
@@ -121,12 +117,12 @@ def _parse_if_match(value: str | None) -> int | None:
     text = value.strip()
     if text.startswith("W/"):
         text = text[2:]
-    text = text.strip('"')
-    if not text.isdigit() or len(text) > 18:
+    version = parse_bigint_id(text.strip('"'))
+    if version is None:
         raise PreconditionFailed(
             f"If-Match must be one entity tag like '\"3\"' (or *), got {value!r}"
         )
-    return int(text)
+    return version
 
 
 def _twin_reads(request: Request) -> TwinReads:
@@ -160,7 +156,7 @@ async def get_twin(request: Request) -> Response:
     who = await VIEWER(request)
     device_id: str = request.path_params["device_id"]
     document = await _twin_reads(request).get_twin(
-        tenant_id=who.tenant_id, device_id=device_id, stale_after=_settings(request).stale_after
+        tenant_id=who.tenant_id, device_id=device_id, stale_after=app_settings(request).stale_after
     )
     # Rendered here: FastAPI's own serialisation (jsonable_encoder) walks the whole document.
     return ORJSONResponse(document, headers={"ETag": _etag(document["desired_version"])})
@@ -335,13 +331,14 @@ async def get_history(
 @router.get("/{device_id}/twin/delta")
 async def get_delta(device_id: str, who: Viewer, request: Request) -> dict[str, Any]:
     document = await _twin_reads(request).get_twin(
-        tenant_id=who.tenant_id, device_id=device_id, stale_after=_settings(request).stale_after
+        tenant_id=who.tenant_id, device_id=device_id, stale_after=app_settings(request).stale_after
     )
     return {
         "device_id": device_id,
         "delta": document["delta"],
-        "in_sync": not document["delta"]
-        and document["reported_version"] >= document["desired_version"],
+        "in_sync": twin.in_sync(
+            document["delta"], document["desired_version"], document["reported_version"]
+        ),
         "desired_version": document["desired_version"],
         "reported_version": document["reported_version"],
         "sync_status": document["sync_status"],

@@ -11,9 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from shared.errors import Forbidden, Unauthorized
 from shared.security import InvalidToken, Principal, decode_token, role_at_least
 from shared.services import events
+from shared.web import StorableJSONRoute
 from ui_iot.deps import AppSettings, Pool
 
-router = APIRouter(prefix="/customer", tags=["events"])
+router = APIRouter(route_class=StorableJSONRoute, prefix="/customer", tags=["events"])
 
 _bearer = HTTPBearer(auto_error=False)
 

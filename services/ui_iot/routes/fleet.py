@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from shared.services import fleet
-from shared.web import json_body, json_body_schema
+from shared.web import StorableJSONRoute, json_body, json_body_schema
 from ui_iot.deps import AppSettings, Conn, Operator, Viewer
 
-router = APIRouter(prefix="/customer/fleet", tags=["fleet"])
+router = APIRouter(route_class=StorableJSONRoute, prefix="/customer/fleet", tags=["fleet"])
 
 
 class FleetSummary(BaseModel):

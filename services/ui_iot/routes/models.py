@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import NotFound, Unprocessable
+from shared.ids import MODEL_ID_PATTERN, is_model_id
 from shared.services import models
+from shared.web import StorableJSONRoute
 from ui_iot.deps import Admin, AppSettings, Conn, Viewer
 
-router = APIRouter(prefix="/customer/models", tags=["models"])
+router = APIRouter(route_class=StorableJSONRoute, prefix="/customer/models", tags=["models"])
 
-_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-_MODEL_ID_RE = re.compile(_MODEL_ID)
 
 _SCHEMA_ERRORS = (
     "`detail` is `{message, errors: [{pointer, rule, message}]}`; `pointer` is the JSON "
@@ -37,7 +36,7 @@ class ModelSchemas(BaseModel):
 
 
 class ModelCreate(ModelSchemas):
-    model_id: str = Field(pattern=_MODEL_ID)
+    model_id: str = Field(pattern=MODEL_ID_PATTERN)
 
 
 class Model(BaseModel):
@@ -87,14 +86,14 @@ async def list_models(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    if cursor is not None and not _MODEL_ID_RE.match(cursor):
+    if cursor is not None and not is_model_id(cursor):
         raise Unprocessable("cursor is not valid")
     return await models.list_models(conn, tenant_id=who.tenant_id, cursor=cursor, limit=limit)
 
 
 @router.get("/{model_id}", response_model=ModelWithCount)
 async def get_model(model_id: Annotated[str, Path()], who: Viewer, conn: Conn) -> dict[str, Any]:
-    if not _MODEL_ID_RE.match(model_id):
+    if not is_model_id(model_id):
         raise NotFound(f"model {model_id!r} not found")
     return await models.get_model(conn, tenant_id=who.tenant_id, model_id=model_id)
 
@@ -121,7 +120,7 @@ async def replace_model(
 ) -> dict[str, Any]:
     """Replace a model's schemas. Refused (409) if any of its devices' current desired state
     breaks the new desired_schema; the reported_schema may change freely."""
-    if not _MODEL_ID_RE.match(model_id):
+    if not is_model_id(model_id):
         raise NotFound(f"model {model_id!r} not found")
     return await models.replace_schemas(
         conn,
