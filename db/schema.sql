@@ -298,6 +298,7 @@ CREATE TABLE public.device_state (
     disconnected_at timestamp with time zone,
     presence_broker text,
     published_seq bigint DEFAULT 0 NOT NULL,
+    reported_seq bigint,
     CONSTRAINT device_state_desired_version_check CHECK ((desired_version >= 0)),
     CONSTRAINT device_state_reported_version_check CHECK ((reported_version >= 0))
 );

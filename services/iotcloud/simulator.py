@@ -1,6 +1,9 @@
 """Simulated devices that really speak MQTT (or HTTP) with their own credentials.
 
-Each applies the desired state it receives and reports it back with that version; with
+They follow the device contract of docs/devices.md: each applies the desired state it
+receives and reports it back with that version; every new state carries a higher ``seq``
+and its own ``clientToken``; a report is done when ``/reported/accepted`` with its
+clientToken arrives, and until then the device resends its latest state. With
 ``rate`` it also reports a changing reading that often, as a live device would; with
 ``burst`` each sends that many readings back to back once every device is connected (the
 ingest benchmark's load). The fleet is provisioned in one transaction, and every device
@@ -25,6 +28,39 @@ from shared.mqtt import NO_DELAY, backoff_delays, parse_mqtt_url, publish_nowait
 from shared.topics import desired_topic, reported_topic
 
 _CONNECTING_AT_ONCE = 64
+_ACK_TIMEOUT_S = 5.0
+
+
+@dataclass
+class DeviceState:
+    """What a device keeps across reconnects (a real one: in flash)."""
+
+    device_id: str
+    version: int = 0
+    desired: dict[str, object] = field(default_factory=dict)
+    seq: int = 0
+    pending: bytes | None = None  # the latest report, until it is accepted
+    pending_token: str | None = None
+    sent_at: float = 0.0
+
+    def new_report(self, state: dict[str, object]) -> bytes:
+        """The device's latest state as a report; it replaces any not yet accepted."""
+        self.seq += 1
+        self.pending_token = f"{self.device_id}-{self.seq}"
+        self.pending = orjson.dumps(
+            {
+                "reported": state,
+                "version": self.version,
+                "clientToken": self.pending_token,
+                "seq": self.seq,
+            }
+        )
+        self.sent_at = time.monotonic()
+        return self.pending
+
+    def accepted(self, client_token: object) -> None:
+        if client_token == self.pending_token:
+            self.pending = self.pending_token = None
 
 
 @dataclass
@@ -32,6 +68,7 @@ class Counters:
     connected: int = 0
     desired_received: int = 0
     reports_sent: int = 0
+    resends: int = 0
     accepted: int = 0
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
@@ -45,7 +82,8 @@ class Counters:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         return (
             f"{self.connected}/{total} connected, {self.desired_received} desired received, "
-            f"{self.reports_sent} reports sent ({self.reports_sent / elapsed:,.0f}/s), "
+            f"{self.reports_sent} reports sent ({self.reports_sent / elapsed:,.0f}/s, "
+            f"{self.resends} resent), "
             f"{self.accepted} accepted, {self.rejected} rejected"
         )
 
@@ -62,8 +100,7 @@ async def _mqtt_device(
     counters: Counters,
     total: int,
 ) -> None:
-    version = 0
-    desired: dict[str, object] = {}
+    device = DeviceState(device_id)
     next_delay = backoff_delays()
     while True:
         try:
@@ -87,17 +124,7 @@ async def _mqtt_device(
                 await client.subscribe(reported_topic(tenant_id, device_id) + "/+", qos=1)
                 if counters.connected >= total:
                     counters.all_connected.set()
-                await _mqtt_loop(
-                    client,
-                    tenant_id,
-                    device_id,
-                    rate,
-                    burst,
-                    apply_delay,
-                    counters,
-                    version,
-                    desired,
-                )
+                await _mqtt_loop(client, tenant_id, device, rate, burst, apply_delay, counters)
         except (aiomqtt.MqttError, ExceptionGroup) as exc:
             # Includes a refused login (token rotated by an operator): keep trying, slowly.
             counters.errors.append(f"{device_id}: {exc!r}")
@@ -114,28 +141,37 @@ def _disconnected(counters: Counters) -> None:
 async def _mqtt_loop(
     client: aiomqtt.Client,
     tenant_id: str,
-    device_id: str,
+    device: DeviceState,
     rate: float,
     burst: int,
     apply_delay: float,
     counters: Counters,
-    version: int,
-    desired: dict[str, object],
 ) -> None:
-    sample = 0
+    device_id = device.device_id
     topic = reported_topic(tenant_id, device_id)
 
     def report_body(state: dict[str, object]) -> bytes:
-        return orjson.dumps({"reported": state, "version": version})
+        return device.new_report(state)
 
     async def report(state: dict[str, object]) -> None:
         await client.publish(topic, report_body(state), qos=1)
         counters.reports_sent += 1
 
     def reading() -> dict[str, object]:
-        nonlocal sample
-        sample += 1  # lets a benchmark check that each device's readings applied in order
-        return {"temperature_c": round(random.uniform(18, 26), 2), "sample": sample}  # noqa: S311
+        # "sample" lets a benchmark check that each device's readings applied in order.
+        return {"temperature_c": round(random.uniform(18, 26), 2), "sample": device.seq + 1}  # noqa: S311
+
+    async def resend() -> None:
+        """The latest state again while it waits for its /accepted (and at once after a
+        reconnect): never an older one."""
+        while True:
+            if device.pending is not None and (time.monotonic() - device.sent_at >= _ACK_TIMEOUT_S):
+                device.sent_at = time.monotonic()
+                await client.publish(topic, device.pending, qos=1)
+                counters.resends += 1
+            await asyncio.sleep(1.0)
+
+    device.sent_at = 0.0  # a report still pending goes out again on this connection
 
     async def readings() -> None:
         if burst > 0:
@@ -153,50 +189,60 @@ async def _mqtt_loop(
 
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(readings(), name=f"{device_id}-readings")
+        tasks.create_task(resend(), name=f"{device_id}-resend")
         async for message in client.messages:
             if not isinstance(message.payload, bytes) or not message.payload:
                 continue
             body = orjson.loads(message.payload)
             if message.topic.value.endswith("/accepted"):
                 counters.accepted += 1
+                device.accepted(body.get("clientToken"))
             elif message.topic.value.endswith("/rejected"):
                 counters.rejected += 1
+                if body.get("clientToken") == device.pending_token:
+                    device.pending = None  # refused as it is: the next state replaces it
             elif isinstance(body.get("desired"), dict) and isinstance(body.get("version"), int):
+                if body["version"] <= device.version and device.version > 0:
+                    continue  # the retained copy of what is applied already
                 counters.desired_received += 1
-                version, desired = body["version"], body["desired"]
+                device.version, device.desired = body["version"], body["desired"]
                 if apply_delay > 0:  # a real device takes a moment to apply a configuration
                     await asyncio.sleep(random.uniform(0.5, 1.5) * apply_delay)  # noqa: S311
-                await report(desired)
+                await report(device.desired)
 
 
 async def _http_device(base_url: str, token: str, counters: Counters, rate: float) -> None:
+    """Over HTTP the answer is the acknowledgement: a report that got none (an error, a 503)
+    stays the device's latest and is sent again on the next round."""
+    device = DeviceState(token[-8:])
     applied = -1
     async with httpx.AsyncClient(base_url=base_url, headers={"X-Provision-Token": token}) as http:
         counters.connected += 1
         last_reading = time.monotonic()
         while True:
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 shadow = (await http.get("/device/v1/shadow")).json()
-                state = None
                 if shadow["version"] != applied:
                     counters.desired_received += 1
-                    state = shadow["desired"]
+                    device.version, applied = shadow["version"], shadow["version"]
+                    device.new_report(shadow["desired"])
                 elif rate > 0 and time.monotonic() - last_reading > 1 / rate:
-                    state, last_reading = (
-                        {"temperature_c": round(random.uniform(18, 26), 2)},  # noqa: S311
-                        time.monotonic(),
-                    )
-                if state is not None:
+                    last_reading = time.monotonic()
+                    device.new_report({"temperature_c": round(random.uniform(18, 26), 2)})  # noqa: S311
+                if device.pending is not None:
                     answer = await http.post(
                         "/device/v1/shadow/reported",
-                        json={"reported": state, "version": shadow["version"]},
+                        content=device.pending,
+                        headers={"Content-Type": "application/json"},
                     )
                     counters.reports_sent += 1
                     if answer.status_code == 200:
                         counters.accepted += 1
-                        applied = shadow["version"]
-                    else:
+                        device.pending = None
+                    elif answer.status_code < 500:
                         counters.rejected += 1
+                        device.pending = None  # refused as it is; a newer state follows
+                        applied = -1
             await asyncio.sleep(1.0)
 
 

@@ -507,9 +507,21 @@ class Report:
     reported: dict[str, JSON]
     version: int
     client_token: str | None = None
+    # The device's own count of its states (docs/devices.md): a report whose seq is not
+    # above the last applied one is an older state, acknowledged but not applied.
+    seq: int | None = None
 
 
 MAX_CLIENT_TOKEN = 64
+MAX_SEQ = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """A report that carries a state older than (or the same as) the one already applied,
+    by its ``seq``: a resend or a re-delivery. Acknowledged, never applied."""
+
+    version: int
 
 
 def parse_report(payload: JSON, limits: Limits) -> Report | Refusal:
@@ -528,10 +540,15 @@ def parse_report(payload: JSON, limits: Limits) -> Report | Refusal:
         return Refusal(
             "malformed", f"'clientToken' must be a string of at most {MAX_CLIENT_TOKEN} characters"
         )
+    seq = payload.get("seq")
+    if seq is not None and (
+        isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ
+    ):
+        return Refusal("malformed", "'seq' must be a non-negative 64-bit integer")
     refusal = limits_refusal(reported, limits, what="reported state")
     if refusal is not None:
         return refusal
-    return Report(reported=reported, version=version, client_token=client_token)
+    return Report(reported=reported, version=version, client_token=client_token, seq=seq)
 
 
 def apply_report(
@@ -542,13 +559,18 @@ def apply_report(
     limits: Limits,
     at: datetime,
     schema: dict[str, JSON] | None = None,
-) -> Written | Refusal:
-    """A device's report on reported state: the new side or a refusal.
+    last_seq: int | None = None,
+) -> Written | Refusal | Superseded:
+    """A device's report on reported state: the new side, a refusal, or superseded.
 
-    Refused as ``version`` under the version rule (:func:`check_report_version`) and as
+    Superseded when the report's ``seq`` is not above ``last_seq``, the seq of the last
+    report applied (re-ordered or resent reports regress nothing, SPEC §4). Refused as
+    ``version`` under the version rule (:func:`check_report_version`) and as
     ``malformed``/``too_large`` when the merged state breaks a limit. Breaking the model's
     reported ``schema`` does not refuse: the violations travel with the write.
     """
+    if report.seq is not None and last_seq is not None and report.seq <= last_seq:
+        return Superseded(reported.version)
     verdict = check_report_version(report.version, reported.version, desired_version)
     if not verdict.accepted:
         return Refusal("version", verdict.error or "version refused")

@@ -10,7 +10,7 @@ import asyncio
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,10 +246,22 @@ async def throwaway_postgres() -> AsyncIterator[EmbeddedPostgres]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture
+def throwaway_broker(tmp_path: Path, throwaway_postgres: EmbeddedPostgres) -> Iterator[Broker]:
+    """A broker whose devices are those of the throwaway server."""
+    running = Broker(tmp_path / "broker", free_port(), throwaway_postgres.url)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
 async def test_c_postgres_restart_answers_503_then_recovers_without_losing_writes(
-    tmp_path: Path, broker: Broker, throwaway_postgres: EmbeddedPostgres
+    tmp_path: Path, throwaway_broker: Broker, throwaway_postgres: EmbeddedPostgres
 ) -> None:
     database_url = throwaway_postgres.url
+    broker = throwaway_broker
     tenant_id, devices = await provision(database_url, broker.url, 2)
     device = devices[0]
     started = [
@@ -278,6 +290,8 @@ async def test_c_postgres_restart_answers_503_then_recovers_without_losing_write
 
             for n in range(5):
                 assert await write(n) == 200
+            async with device_client(broker.port, device):
+                pass  # the broker has now looked this device up
 
             await asyncio.to_thread(throwaway_postgres.stop)
 
@@ -298,7 +312,8 @@ async def test_c_postgres_restart_answers_503_then_recovers_without_losing_write
                 assert ready.status_code == 503
                 assert ready.json()["checks"] == checks
 
-            # A report sent over MQTT meanwhile is held by the broker, not dropped.
+            # A report sent over MQTT meanwhile is held by the broker, not dropped. The device
+            # logs in again while the database is away: the broker knows it from its cache.
             async with device_client(broker.port, device) as client:
                 await client.publish(
                     reported_topic(tenant_id, device.device_id),

@@ -141,3 +141,55 @@ async def test_desired_written_while_no_publisher_ran_is_delivered(
     finally:
         ingest.kill()
         await conn.close()
+
+
+async def test_an_older_state_arriving_late_is_acknowledged_but_not_applied(stack: Stack) -> None:
+    """A resend or re-delivery of an older report (lower seq) after a newer one, with the
+    same version, regresses nothing (docs/devices.md), over MQTT and HTTP."""
+    tenant_id, headers = await stack.tenant("admin")
+    device = await stack.device(headers)
+    device_id = device["device_id"]
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        stack.broker.port,
+        username=device_id,
+        password=device["provision_token"],
+        identifier=device_id,
+    ) as client:
+        await client.subscribe(reported_topic(tenant_id, device_id) + "/+", qos=1)
+        for seq in (2, 1, 2):
+            await client.publish(
+                reported_topic(tenant_id, device_id),
+                orjson.dumps(
+                    {"reported": {"n": seq}, "version": 0, "clientToken": f"c{seq}", "seq": seq}
+                ),
+                qos=1,
+            )
+        replies = []
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                replies.append((message.topic.value, orjson.loads(message.payload)))  # type: ignore[arg-type]
+                if len(replies) == 3:
+                    break
+    accepted = reply_topic(tenant_id, device_id, accepted=True)
+    assert replies == [
+        (accepted, {"accepted": True, "version": 0, "clientToken": "c2"}),
+        (accepted, {"accepted": True, "version": 0, "clientToken": "c1", "applied": False}),
+        (accepted, {"accepted": True, "version": 0, "clientToken": "c2", "applied": False}),
+    ]
+    older = await stack.ingest.post(
+        "/device/v1/shadow/reported",
+        json={"reported": {"n": 1}, "version": 0, "seq": 1},
+        headers={"X-Provision-Token": device["provision_token"]},
+    )
+    assert older.status_code == 200
+    assert older.json() == {"accepted": True, "version": 0, "applied": False}
+    newer = await stack.ingest.post(
+        "/device/v1/shadow/reported",
+        json={"reported": {"n": 3}, "version": 0, "seq": 3},
+        headers={"X-Provision-Token": device["provision_token"]},
+    )
+    assert newer.json() == {"accepted": True, "version": 0}
+    assert await reported_history(stack.settings.database_url, device_id) == [{"n": 2}, {"n": 3}]
+    twin_doc = (await stack.ui.get(f"/customer/devices/{device_id}/twin", headers=headers)).json()
+    assert twin_doc["reported"] == {"n": 3}

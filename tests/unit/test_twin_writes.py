@@ -82,6 +82,37 @@ def test_parse_report() -> None:
     )
 
 
+def test_a_report_not_newer_by_seq_is_superseded_never_applied() -> None:
+    side = twin.Side({"n": 5}, {}, 1)
+    for seq in (5, 4, 0):  # the same state again, or an older one, arriving late
+        older = twin.Report({"n": seq}, 1, seq=seq)
+        result = twin.apply_report(side, 2, older, limits=LIMITS, at=AT, last_seq=5)
+        assert result == twin.Superseded(1), seq
+    # Superseded wins over the version rule: a late report of an old version is no error.
+    late = twin.Report({"n": 3}, 0, seq=3)
+    assert twin.apply_report(side, 2, late, limits=LIMITS, at=AT, last_seq=5) == (
+        twin.Superseded(1)
+    )
+    newer = twin.apply_report(
+        side, 2, twin.Report({"n": 6}, 2, seq=6), limits=LIMITS, at=AT, last_seq=5
+    )
+    assert isinstance(newer, twin.Written) and newer.side.state == {"n": 6}
+    # Without a seq on either side, the version rule alone decides, as before.
+    for report, last in ((twin.Report({"n": 1}, 1), 5), (twin.Report({"n": 1}, 1, seq=1), None)):
+        applied = twin.apply_report(side, 2, report, limits=LIMITS, at=AT, last_seq=last)
+        assert isinstance(applied, twin.Written)
+
+
+def test_parse_report_seq() -> None:
+    body = {"reported": {}, "version": 0, "seq": 7}
+    assert twin.parse_report(body, LIMITS) == twin.Report({}, 0, None, 7)
+    for bad in (True, -1, 1.5, "7", 2**63):
+        refused = twin.parse_report({**body, "seq": bad}, LIMITS)
+        assert refused == twin.Refusal(
+            "malformed", "'seq' must be a non-negative 64-bit integer"
+        ), bad
+
+
 def test_nul_anywhere_is_found_with_its_pointer() -> None:
     assert twin.nul_pointer({"a": ["x", {"b": "ok"}], "c": 1}) is None
     assert twin.nul_pointer({"a": ["x", {"b": "o\x00k"}]}) == "/a/1/b"

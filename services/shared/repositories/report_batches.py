@@ -19,8 +19,8 @@ async def lock_live_twins(
     schema and the transaction clock (``now``) that stamps metadata and history."""
     return await conn.fetch(
         """SELECT s.device_id, s.tenant_id, s.reported_state, s.reported_metadata,
-                  s.reported_version, s.desired_version, d.model_id, m.reported_schema,
-                  now() AS now
+                  s.reported_version, s.reported_seq, s.desired_version, d.model_id,
+                  m.reported_schema, now() AS now
            FROM unnest($1::text[], $2::text[]) AS a (tenant_id, device_id)
            JOIN device_state s ON s.device_id = a.device_id AND s.tenant_id = a.tenant_id
            JOIN devices d ON d.device_id = s.device_id AND d.tenant_id = a.tenant_id
@@ -39,8 +39,8 @@ async def lock_token_holders(conn: Connection, token_hashes: list[bytes]) -> lis
     ``token_hash``. Unknown or revoked tokens have no row."""
     return await conn.fetch(
         """SELECT d.token_hash, s.device_id, s.tenant_id, s.reported_state,
-                  s.reported_metadata, s.reported_version, s.desired_version, d.model_id,
-                  m.reported_schema, now() AS now
+                  s.reported_metadata, s.reported_version, s.reported_seq, s.desired_version,
+                  d.model_id, m.reported_schema, now() AS now
            FROM devices d
            JOIN device_state s ON s.device_id = d.device_id AND s.tenant_id = d.tenant_id
            LEFT JOIN device_models m ON m.tenant_id = d.tenant_id AND m.model_id = d.model_id
@@ -59,6 +59,7 @@ async def write_reported_batch(
     reported: list[dict[str, Any] | None],
     metadata: list[dict[str, Any] | None],
     versions: list[int | None],
+    seqs: list[int | None],
     history: list[tuple[str, str, int, dict[str, Any]]],
     actor_type: str,
     actor_email: str | None,
@@ -80,11 +81,13 @@ async def write_reported_batch(
                        CASE WHEN w.written THEN w.metadata ELSE s.reported_metadata END,
                    reported_version =
                        CASE WHEN w.written THEN w.version ELSE s.reported_version END,
+                   reported_seq = CASE WHEN w.written THEN w.seq ELSE s.reported_seq END,
                    shadow_updated_at =
                        CASE WHEN w.written THEN now() ELSE s.shadow_updated_at END,
                    last_seen = now()
-               FROM unnest($1::text[], $2::boolean[], $3::jsonb[], $4::jsonb[], $5::bigint[])
-                    AS w (device_id, written, reported, metadata, version)
+               FROM unnest($1::text[], $2::boolean[], $3::jsonb[], $4::jsonb[], $5::bigint[],
+                           $13::bigint[])
+                    AS w (device_id, written, reported, metadata, version, seq)
                WHERE s.device_id = w.device_id)
            INSERT INTO twin_history
                (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
@@ -104,4 +107,5 @@ async def write_reported_batch(
         actor_type,
         actor_email,
         at,
+        seqs,
     )

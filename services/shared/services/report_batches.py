@@ -45,7 +45,8 @@ class IncomingReport:
 class AppliedReport:
     """What became of one report.
 
-    ``outcome`` is the metric label (accepted, version, malformed, too_large, foreign);
+    ``outcome`` is the metric label (accepted, superseded, version, malformed, too_large,
+    foreign);
     ``reply`` the body for the device's accepted/rejected topic, None when it gets none;
     ``refusal`` why a refused report was refused.
     """
@@ -57,6 +58,11 @@ class AppliedReport:
 
     @property
     def accepted(self) -> bool:
+        """Acknowledged as accepted (HTTP 200, ``/accepted``): applied, or superseded."""
+        return self.outcome in {"accepted", "superseded"}
+
+    @property
+    def applied(self) -> bool:
         return self.outcome == "accepted"
 
 
@@ -67,11 +73,14 @@ class ReportOutcome:
     accepted: bool
     version: int
     error: str | None = None
+    applied: bool = True
 
     def as_json(self, client_token: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"accepted": self.accepted, "version": self.version}
         if self.error is not None:
             body["error"] = self.error
+        if self.accepted and not self.applied:
+            body["applied"] = False
         if client_token is not None:
             body["clientToken"] = client_token
         return body
@@ -95,6 +104,7 @@ class _Twin:
     reported_version: int
     desired_version: int
     reported_schema: dict[str, JSON] | None
+    reported_seq: int | None
     written: bool = False
 
 
@@ -167,6 +177,7 @@ async def apply_to_locked(
             reported_version=row["reported_version"],
             desired_version=row["desired_version"],
             reported_schema=row["reported_schema"] if row["model_id"] is not None else None,
+            reported_seq=row["reported_seq"],
         )
         for row in rows
     }
@@ -178,7 +189,7 @@ async def apply_to_locked(
             results.append(AppliedReport("foreign", None))
             continue
         results.append(_apply_one(state, report, limits=limits, at=now))
-        if results[-1].accepted:
+        if results[-1].applied:
             assert isinstance(report, twin.Report)
             history.append(
                 (incoming.tenant_id, incoming.device_id, report.version, report.reported)
@@ -191,6 +202,7 @@ async def apply_to_locked(
         reported=[twins[d].reported if twins[d].written else None for d in device_ids],
         metadata=[twins[d].metadata if twins[d].written else None for d in device_ids],
         versions=[twins[d].reported_version if twins[d].written else None for d in device_ids],
+        seqs=[twins[d].reported_seq if twins[d].written else None for d in device_ids],
         history=history,
         actor_type=actor.type,
         actor_email=actor.email,
@@ -217,7 +229,11 @@ def _apply_one(
         limits=limits,
         at=at,
         schema=state.reported_schema,
+        last_seq=state.reported_seq,
     )
+    if isinstance(written, twin.Superseded):
+        superseded = ReportOutcome(True, written.version, applied=False)
+        return AppliedReport("superseded", superseded.as_json(report.client_token))
     if isinstance(written, twin.Refusal):
         refused = ReportOutcome(False, state.reported_version, written.message)
         return AppliedReport(
@@ -225,6 +241,8 @@ def _apply_one(
         )
     state.reported, state.metadata = written.side.state, written.side.metadata
     state.reported_version, state.written = written.side.version, True
+    if report.seq is not None:
+        state.reported_seq = report.seq
     violations = len(written.schema_violations)
     return AppliedReport(
         "accepted",
