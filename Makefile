@@ -83,7 +83,7 @@ test-chaos: setup
 soak: setup
 	$(BIN)/python -m tests.chaos.soak --duration 1800 --devices 30 --report docs/reliability.md
 
-test: setup lint test-python test-frontend test-browser
+test: setup lint test-python test-chaos test-frontend test-browser
 
 bench: setup bench-tools
 	$(BIN)/python bench/run_all.py
