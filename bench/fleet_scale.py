@@ -1,107 +1,145 @@
-"""Fleet scale: operator reads on a 100,000- and then a 1,000,000-device tenant.
+"""Fleet scale: operator reads on a 100,000- and then a 1,000,000-device tenant registered
+through the batch API, and the memory of the broker and the services at each size.
 
-Devices are loaded with COPY (twin event triggers off for the load only; the device-count
-triggers of migration 008 fire always), a third of them pending, then through a real
-``ui_iot``: ``GET .../twin`` p50/p99 over random devices, one page of pending devices
-(``GET /customer/devices?sync_status=pending``), the sync counts (``GET
-/customer/fleet/summary``, checked exact); each API figure next to the same query run
-straight on the database (its floor), the counts also next to a bare ``count(*)`` of the
-tenant's rows, and the resident memory of both services at each size. Then the counts once
-more after every twin row has been written since the last vacuum (what a steady stream of
-reports leaves: index-only scans then check the heap).
+The devices are registered as an operator registers a fleet: ``POST /customer/devices/batch``
+on the real ``ui_iot``, 1,000 per call from a few concurrent clients
+(``harness.provision_batches``), each with a name, a ``site`` tag (100 sites) and the
+provision token the API generates (only its SHA-256 is stored); the time is printed. Their
+twins are then given the state a fleet's reports would have left over time, by set-based
+UPDATEs of ``device_state``: a third pending, the rest synced, every desired state counted
+as already published (a running ``ingest_iot`` would otherwise send a million retained
+messages during the reads, which measures that, not them), ``last_seen`` spread over the
+last 50 minutes (none stale). The twin events and the publisher's wake-up are off for those
+UPDATEs only (``session_replication_role = replica``); the fleet counters' triggers fire
+always (migrations 008, 010, 012).
+
+Once ``ui_iot``'s event hub has numbered the registrations' twin events (one per device) and
+the tables are vacuumed, through the real ``ui_iot``: ``GET .../twin`` p50/p99 over random
+devices, one page of pending devices (``GET /customer/devices?sync_status=pending``), the
+sync counts (``GET /customer/fleet/summary``, checked exact); each API figure next to the
+same query run straight on the database (its floor), the counts also next to a bare
+``count(*)`` of the tenant's rows. Then the counts once more after every twin row has been
+written since the last vacuum (what a steady stream of reports leaves: index-only scans then
+check the heap). Last, a few hundred of the devices connect to the broker (Mosquitto with
+our auth plugin) with their tokens, client id = device id (``connect_storm``'s raw CONNECT
+client), and the resident memory (``VmRSS``) of the broker, ``ui_iot`` and ``ingest_iot`` is
+read while they are connected; they disconnect before the next size.
 
     .venv/bin/python bench/fleet_scale.py [--sizes 100000,1000000] [--requests 1000]
+        [--clients 4] [--connected 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
+import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
-from harness import machine, operator_headers, percentile, scratch
+from connect_storm import connect_packet, raise_open_files_limit, storm
+from harness import (
+    BATCH_SIZE,
+    Scratch,
+    machine,
+    operator_headers,
+    percentile,
+    provision_batches,
+    rss_mib,
+    scratch,
+)
 
 from shared import db
+from shared.repositories import events as events_repo
 from shared.repositories import fleet as fleet_repo
 
 TENANT = "bench"
-
-DEVICE_COLUMNS = [
-    "device_id",
-    "tenant_id",
-    "name",
-    "tags",
-    "token_hash",
-]
-STATE_COLUMNS = [
-    "device_id",
-    "tenant_id",
-    "desired_state",
-    "desired_version",
-    "reported_state",
-    "reported_version",
-    "published_version",
-    "last_seen",
-    "shadow_updated_at",
-]
+SITES = 100
+SHAPE_CHUNK = 100_000  # twins per UPDATE: bounds the statement's transition tables
 
 
-def device_rows(first: int, last: int) -> Iterator[tuple[Any, ...]]:
-    for i in range(first, last + 1):
-        token_hash = hashlib.sha256(f"f-{i}".encode()).digest()
-        yield (
-            f"f-{i:07d}",
-            TENANT,
-            f"unit {i}",
-            {"site": f"site-{i % 100}"},
-            token_hash,
-        )
+def device_id(number: int) -> str:
+    return f"f-{number:07d}"
 
 
-def state_rows(first: int, last: int, now: datetime) -> Iterator[tuple[Any, ...]]:
-    """A third pending. Each desired state counts as already published: the running
-    ingest_iot's publisher would otherwise send a million retained messages during the
-    reads, which measures that, not them."""
-    desired, reported = {"interval_s": 60}, {"interval_s": 30}
-    for i in range(first, last + 1):
-        version = 2 if i % 3 == 0 else 1
-        yield (f"f-{i:07d}", TENANT, desired, version, reported, 1, version, now, now)
+def device_entry(number: int) -> dict[str, Any]:
+    """One device of a batch call, as an operator's import would send it."""
+    return {
+        "device_id": device_id(number),
+        "name": f"unit {number}",
+        "tags": {"site": f"site-{number % SITES}"},
+    }
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+async def provision(
+    url: str, first: int, last: int, clients: int, connected: int
+) -> tuple[float, dict[str, str]]:
+    """Devices ``first`` to ``last`` through the batch API: (seconds, {device_id: token} of
+    ``connected`` of them spread over the range, to connect to the broker)."""
+    step = max(1, (last - first + 1) // connected)
+    started = time.perf_counter()
+    tokens = await provision_batches(
+        url,
+        TENANT,
+        range(first, last + 1),
+        device_entry,
+        clients=clients,
+        keep=lambda device: (int(device[2:]) - first) % step == 0,
+    )
+    seconds = time.perf_counter() - started
+    return seconds, dict(list(tokens.items())[:connected])
 
 
-async def load(url: str, first: int, last: int) -> float:
+async def shape_twins(url: str, first: int, last: int) -> float:
+    """The twin state reports would have left on devices ``first`` to ``last``: set-based
+    UPDATEs, then VACUUM ANALYZE (the twin events' table too) and a CHECKPOINT."""
     started = time.perf_counter()
     conn = await db.connect(url, application_name="bench")
     try:
-        await conn.execute("SET session_replication_role = replica")  # no twin events
-        now = datetime.now(UTC)
-        for start in range(first, last + 1, 250_000):
-            end = min(last, start + 249_999)
-            await conn.copy_records_to_table(
-                "devices", records=device_rows(start, end), columns=DEVICE_COLUMNS
+        await conn.execute("SET session_replication_role = replica")  # no twin events, NOTIFY
+        for start in range(first, last + 1, SHAPE_CHUNK):
+            end = min(last, start + SHAPE_CHUNK - 1)
+            await conn.execute(
+                """UPDATE device_state SET
+                       desired_state = '{"interval_s": 60}',
+                       desired_version = v.version,
+                       published_version = v.version,
+                       reported_state = '{"interval_s": 30}',
+                       reported_version = 1,
+                       last_seen = now() - make_interval(secs => v.number % 3000),
+                       shadow_updated_at = now()
+                   FROM (SELECT device_id, number, CASE WHEN number % 3 = 0 THEN 2 ELSE 1 END
+                         FROM (SELECT device_id, substr(device_id, 3)::int AS number
+                               FROM device_state
+                               WHERE tenant_id = $1 AND device_id BETWEEN $2 AND $3) n
+                        ) v (device_id, number, version)
+                   WHERE device_state.device_id = v.device_id""",
+                TENANT,
+                device_id(start),
+                device_id(end),
             )
-            await conn.copy_records_to_table(
-                "device_state", records=state_rows(start, end, now), columns=STATE_COLUMNS
-            )
-        await conn.execute("VACUUM ANALYZE devices")
-        await conn.execute("VACUUM ANALYZE device_state")
-        # The load's WAL flushed now, not by a checkpoint in the middle of the measurements.
+        # The registrations' twin events too, or autovacuum works through them during the reads.
+        for table in ("devices", "device_state", "twin_events"):
+            await conn.execute(f"VACUUM ANALYZE {table}")
+        # The WAL flushed now, not by a checkpoint in the middle of the measurements.
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
+    return time.perf_counter() - started
+
+
+async def events_sequenced(conn: db.Connection, timeout: float = 600) -> float:
+    """Seconds until ``ui_iot``'s event hub has numbered every twin event (a registration
+    records one per device), so the reads do not share the machine with that catch-up."""
+    started = time.perf_counter()
+    while await events_repo.has_unsequenced(conn):
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"twin events still unsequenced after {timeout:.0f} s")
+        await asyncio.sleep(0.2)
     return time.perf_counter() - started
 
 
@@ -217,7 +255,32 @@ async def measure(
     }
 
 
-async def main(sizes: list[int], requests: int) -> None:
+async def connected_memory(
+    lab: Scratch, conn: db.Connection, tokens: dict[str, str], pids: dict[str, int]
+) -> tuple[dict[str, float], float]:
+    """Every device of ``tokens`` connected to the broker with its token: the RSS of each
+    process in ``pids`` while they are (MiB), and the seconds they took to connect. Returns
+    once the broker has recorded them all disconnected again."""
+    held: dict[str, float] = {}
+    phase = await storm(
+        lab.broker.port,
+        [connect_packet(device, token) for device, token in tokens.items()],
+        min(250, len(tokens)),
+        broker_pid=pids["broker"],
+        database_backends=[],
+        name="connected",
+        presence=conn,
+        while_held=lambda: held.update({name: rss_mib(pid) for name, pid in pids.items()}),
+    )
+    return held, phase.seconds
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def main(sizes: list[int], requests: int, clients: int, connected: int) -> None:
+    raise_open_files_limit()  # before the broker starts: it inherits the limit
     print(f"fleet scale benchmark on {machine()}")
     lines = []
     async with scratch(with_broker=True) as lab:
@@ -229,20 +292,34 @@ async def main(sizes: list[int], requests: int) -> None:
             await ui.wait_ready()
             await ingest.wait_ready()
             assert ui.process is not None and ingest.process is not None
+            assert lab.broker.process is not None
+            pids = {
+                "broker": lab.broker.process.pid,
+                "ui_iot": ui.process.pid,
+                "ingest_iot": ingest.process.pid,
+            }
             conn = await db.connect(lab.database_url, application_name="bench")
-            loaded = 0
+            loaded, provisioning = 0, 0.0
             async with httpx.AsyncClient(
                 base_url=ui.url, headers=operator_headers(TENANT), timeout=30
             ) as api:
                 for size in sizes:
-                    seconds = await load(lab.database_url, loaded + 1, size)
-                    loaded = size
+                    seconds, tokens = await provision(ui.url, loaded + 1, size, clients, connected)
+                    provisioning += seconds
+                    sequenced = await events_sequenced(conn)
+                    shaped = await shape_twins(lab.database_url, loaded + 1, size)
+                    added, loaded = size - loaded, size
                     figures = await measure(api, conn, size, requests)
                     after = await measure_after_writes(api, conn, size, requests)
-                    memory = f"ui_iot {rss_mib(ui.process.pid):.0f} MiB, ingest_iot "
-                    memory += f"{rss_mib(ingest.process.pid):.0f} MiB"
+                    idle = rss_mib(pids["broker"])
+                    memory, connect_s = await connected_memory(lab, conn, tokens, pids)
                     lines.append(
-                        f"  {size:>9,} devices (loaded in {seconds:.0f} s); RSS {memory}\n"
+                        f"  {size:>9,} devices: {added:,} provisioned through POST "
+                        f"/customer/devices/batch ({BATCH_SIZE:,} per call, {clients} clients) "
+                        f"in {seconds:.1f} s ({added / seconds:,.0f}/s; all {size:,} in "
+                        f"{provisioning:.1f} s of provisioning); their twin events sequenced "
+                        f"{sequenced:.0f} s later; twins shaped in {shaped:.0f} s; "
+                        f"load average {load_average()}\n"
                         f"    GET twin           p50 {ms(figures['twin'], 0.5)}  "
                         f"p99 {ms(figures['twin'], 0.99)}   (goal p99 <= 5 ms)  "
                         f"SQL alone p99 {ms(figures['twin_sql'], 0.99)}\n"
@@ -256,18 +333,26 @@ async def main(sizes: list[int], requests: int) -> None:
                         f"    summary, every twin written since the last vacuum "
                         f"({after['written_s']:.0f} s to write):  p50 {ms(after['summary'], 0.5)}  "
                         f"p99 {ms(after['summary'], 0.99)}  "
-                        f"SQL alone p99 {ms(after['summary_sql'], 0.99)}"
+                        f"SQL alone p99 {ms(after['summary_sql'], 0.99)}\n"
+                        f"    RSS with {len(tokens):,} devices connected to the broker (their "
+                        f"tokens, connected in {connect_s:.1f} s): broker "
+                        f"{memory['broker']:.1f} MiB (idle before {idle:.1f} MiB), ui_iot "
+                        f"{memory['ui_iot']:.0f} MiB, ingest_iot {memory['ingest_iot']:.0f} MiB"
                     )
                     print(lines[-1], flush=True)
             await conn.close()
         finally:
             ui.stop()
             ingest.stop()
+    print(f"load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4, help="concurrent batch calls")
+    parser.add_argument("--connected", type=int, default=300, help="devices on the broker")
     args = parser.parse_args()
-    asyncio.run(main([int(size) for size in args.sizes.split(",")], args.requests))
+    sizes = [int(size) for size in args.sizes.split(",")]
+    asyncio.run(main(sizes, args.requests, args.clients, args.connected))

@@ -21,6 +21,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "services")]
@@ -40,6 +43,7 @@ from tests.support import (  # noqa: E402
 from shared import db  # noqa: E402
 
 __all__ = [
+    "BATCH_SIZE",
     "ROOT",
     "SERVICE_JWT_SECRET",
     "Scratch",
@@ -49,7 +53,9 @@ __all__ = [
     "percentile",
     "postmaster_pid",
     "profile",
+    "provision_batches",
     "ratio",
+    "rss_mib",
     "scratch",
     "tree_cpu_seconds",
 ]
@@ -141,6 +147,55 @@ async def scratch(*, with_broker: bool = True, durability: str = "fast") -> Asyn
             print(f"(logs kept in {home})", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
+
+
+BATCH_SIZE = 1000  # devices per ``POST /customer/devices/batch``, the API's maximum
+
+
+async def provision_batches(
+    url: str,
+    tenant_id: str,
+    numbers: range,
+    entry: Callable[[int], dict[str, Any]],
+    *,
+    clients: int = 1,
+    keep: Callable[[str], bool] = lambda _device_id: False,
+) -> dict[str, str]:
+    """Register one device per number through ``POST /customer/devices/batch`` of the
+    ``ui_iot`` at ``url``, ``BATCH_SIZE`` entries (``entry(n)``, the API's JSON) per call,
+    from ``clients`` concurrent clients each sending its next call when the last returns.
+    Returns {device_id: provision token} of the devices ``keep`` selects: the API hands
+    each token out once, and a whole fleet's would only fill this process."""
+    headers = operator_headers(tenant_id)
+    # One iterator shared by the clients: each call takes the next slice.
+    batches = (numbers[i : i + BATCH_SIZE] for i in range(0, len(numbers), BATCH_SIZE))
+    kept: dict[str, str] = {}
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
+            for batch in batches:
+                body = {"devices": [entry(n) for n in batch]}
+                response = await http.post("/customer/devices/batch", json=body)
+                if response.status_code != 201:
+                    raise RuntimeError(
+                        f"batch at {batch.start}: {response.status_code} {response.text}"
+                    )
+                for item in response.json()["items"]:
+                    if keep(item["device_id"]):
+                        kept[item["device_id"]] = item["provision_token"]
+
+    async with asyncio.TaskGroup() as tasks:
+        for _ in range(clients):
+            tasks.create_task(client())
+    return kept
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a live process (``VmRSS`` in ``/proc/PID/status``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:

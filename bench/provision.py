@@ -25,9 +25,8 @@ import os
 import time
 
 import httpx
-from harness import machine, operator_headers, ratio, scratch
+from harness import BATCH_SIZE, machine, operator_headers, provision_batches, ratio, scratch
 
-BATCH_SIZE = 1000
 RATIO_GOAL = 0.8
 BATCH_CEILING_S = 60.0  # for 100,000 devices
 BATCH_CEILING_DEVICES = 100_000
@@ -55,20 +54,9 @@ async def single_creates(url: str, tenant_id: str, devices: int, clients: int) -
 
 async def batch_creates(url: str, tenant_id: str, devices: int) -> float:
     """Seconds to create ``devices`` in calls of ``BATCH_SIZE``, one after another."""
-    headers = operator_headers(tenant_id)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
-        started = time.monotonic()
-        for start in range(0, devices, BATCH_SIZE):
-            body = {
-                "devices": [
-                    {"device_id": f"b-{n:07d}"}
-                    for n in range(start, min(devices, start + BATCH_SIZE))
-                ]
-            }
-            response = await http.post("/customer/devices/batch", json=body)
-            if response.status_code != 201:
-                raise RuntimeError(f"batch at {start}: {response.status_code} {response.text}")
-        return time.monotonic() - started
+    started = time.monotonic()
+    await provision_batches(url, tenant_id, range(devices), lambda n: {"device_id": f"b-{n:07d}"})
+    return time.monotonic() - started
 
 
 async def fleet_total(url: str, tenant_id: str) -> int:
