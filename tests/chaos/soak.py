@@ -603,7 +603,7 @@ class Soak:
                 return not event_ids or (bool(self.sse_ids) and self.sse_ids[-1] >= event_ids[-1])
 
             with contextlib.suppress(AssertionError):
-                await wait_for(sse_caught_up, 30, "the SSE client")
+                await wait_for(sse_caught_up, 60, "the SSE client")
         finally:
             await conn.close()
 
