@@ -149,7 +149,10 @@ async def bare_run(lab: Scratch, devices: int, burst: int) -> tuple[float, dict[
     expected = devices * burst
     meter = CpuMeter(lab, await server_pid(lab.database_url), "bare subscriber", os.getpid())
     with BareSubscriber(lab.broker.url) as bare:
-        await lab.simulate(*simulate_args(devices, burst), on_connected=meter.connected)
+        # No platform answers here, so no /accepted: the devices must not resend.
+        await lab.simulate(
+            *simulate_args(devices, burst), "--resend-after", "0", on_connected=meter.connected
+        )
         deadline = time.monotonic() + 60
         while bare.count < expected and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)

@@ -25,7 +25,7 @@ from shared.services.history import Actor
 from shared.services.report_batches import IncomingReport, apply_reports
 
 TENANT = "bench"
-UPDATE_TRIGGERS = ("device_state_twin_event_update", "device_state_count_pending")
+UPDATE_TRIGGERS = ("device_state_twin_event_update", "device_state_count_status")
 
 
 async def run(conn: db.Connection, server: int, batches: int, size: int) -> tuple[float, float]:

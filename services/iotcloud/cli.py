@@ -284,6 +284,7 @@ async def cmd_simulate(args: argparse.Namespace) -> None:
         apply_delay=args.apply_delay,
         progress_every=args.progress_every,
         burst=args.burst,
+        resend_after=args.resend_after,
     )
 
 
@@ -432,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="readings each device sends back to back once all are connected (MQTT); "
         "with no --duration the run ends when all are sent",
+    )
+    simulate.add_argument(
+        "--resend-after",
+        type=float,
+        default=5.0,
+        help="seconds without /accepted before the latest report is sent again "
+        "(docs/devices.md); 0: never (a broker with no platform behind it answers nothing)",
     )
     simulate.add_argument("--http", action="store_true", help="poll and report over HTTP instead")
     simulate.add_argument("--http-url", default=f"http://127.0.0.1:{env_port('INGEST_PORT', 8001)}")

@@ -28,7 +28,6 @@ from shared.mqtt import NO_DELAY, backoff_delays, parse_mqtt_url, publish_nowait
 from shared.topics import desired_topic, reported_topic
 
 _CONNECTING_AT_ONCE = 64
-_ACK_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -99,6 +98,7 @@ async def _mqtt_device(
     apply_delay: float,
     counters: Counters,
     total: int,
+    resend_after: float,
 ) -> None:
     device = DeviceState(device_id)
     next_delay = backoff_delays()
@@ -124,7 +124,9 @@ async def _mqtt_device(
                 await client.subscribe(reported_topic(tenant_id, device_id) + "/+", qos=1)
                 if counters.connected >= total:
                     counters.all_connected.set()
-                await _mqtt_loop(client, tenant_id, device, rate, burst, apply_delay, counters)
+                await _mqtt_loop(
+                    client, tenant_id, device, rate, burst, apply_delay, counters, resend_after
+                )
         except (aiomqtt.MqttError, ExceptionGroup) as exc:
             # Includes a refused login (token rotated by an operator): keep trying, slowly.
             counters.errors.append(f"{device_id}: {exc!r}")
@@ -146,6 +148,7 @@ async def _mqtt_loop(
     burst: int,
     apply_delay: float,
     counters: Counters,
+    resend_after: float,
 ) -> None:
     device_id = device.device_id
     topic = reported_topic(tenant_id, device_id)
@@ -164,8 +167,8 @@ async def _mqtt_loop(
     async def resend() -> None:
         """The latest state again while it waits for its /accepted (and at once after a
         reconnect): never an older one."""
-        while True:
-            if device.pending is not None and (time.monotonic() - device.sent_at >= _ACK_TIMEOUT_S):
+        while resend_after > 0:
+            if device.pending is not None and (time.monotonic() - device.sent_at >= resend_after):
                 device.sent_at = time.monotonic()
                 await client.publish(topic, device.pending, qos=1)
                 counters.resends += 1
@@ -259,6 +262,7 @@ async def simulate(
     apply_delay: float = 0.0,
     progress_every: float = 2.0,
     burst: int = 0,
+    resend_after: float = 5.0,
 ) -> Counters:
     """Run ``count`` devices for ``duration`` seconds (0: until stopped, or with ``burst``
     over MQTT until every device has sent its burst); prints progress and a summary."""
@@ -286,6 +290,7 @@ async def simulate(
                     apply_delay,
                     counters,
                     count,
+                    resend_after,
                 ),
                 name=device_id,
             )
