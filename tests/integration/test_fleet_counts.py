@@ -141,7 +141,9 @@ async def test_counts_follow_creates_contacts_desired_writes_reports_and_deletes
         async def applied() -> bool:
             return bool(
                 await conn.fetchval(
-                    "SELECT reported_version = 1 FROM device_state WHERE device_id = 'cnt-a1'"
+                    # ... and its disconnect recorded (the broker writes presence in batches).
+                    """SELECT reported_version = 1 AND NOT connected
+                       FROM device_state WHERE device_id = 'cnt-a1'"""
                 )
             )
 
