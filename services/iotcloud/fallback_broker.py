@@ -37,8 +37,8 @@ from amqtt.session import Session
 
 from shared import db
 from shared.aio import within
+from shared.ids import DEVICE_ID_RE
 from shared.mqtt import SERVICE_CLIENT_PREFIX
-from shared.services.devices import DEVICE_ID_RE
 from shared.topics import device_prefix
 
 log = logging.getLogger(__name__)

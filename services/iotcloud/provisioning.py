@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 from shared import db
+from shared.ids import DEVICE_ID_RE
 from shared.repositories import bulk_devices, tenants
 from shared.security import hash_provision_token, new_provision_token
-from shared.services.devices import DEVICE_ID_RE, NewDevice, create_device
+from shared.services.devices import NewDevice, create_device
 
 log = logging.getLogger(__name__)
 

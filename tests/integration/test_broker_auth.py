@@ -327,26 +327,27 @@ async def presence(stack: Stack, device_id: str) -> dict[str, Any]:
     return dict(row)
 
 
+async def until_presence(stack: Stack, device_id: str, *, connected: bool) -> None:
+    """Wait until the broker has recorded the device as connected (or not)."""
+
+    async def recorded() -> bool:
+        return (await presence(stack, device_id))["connected"] is connected
+
+    await eventually(recorded, timeout=10)
+
+
 async def test_connect_and_disconnect_are_recorded_as_presence(stack: Stack) -> None:
     _, headers = await stack.tenant("admin")
     device = await stack.device(headers)
     device_id = device["device_id"]
     assert (await presence(stack, device_id))["connected"] is False
     async with device_client(stack.broker.port, device_id, device["provision_token"]):
-
-        async def connected() -> bool:
-            return bool((await presence(stack, device_id))["connected"])
-
-        await eventually(connected)
+        await until_presence(stack, device_id, connected=True)
         now = await presence(stack, device_id)
         # Connecting is contact: a device that connects and waits is not stale.
         assert now["last_seen"] is not None and now["connected_at"] is not None
         assert (await twin(stack, headers, device_id))["sync_status"] != "stale"
-
-    async def disconnected() -> bool:
-        return (await presence(stack, device_id))["connected"] is False
-
-    await eventually(disconnected)
+    await until_presence(stack, device_id, connected=False)
     after = await presence(stack, device_id)
     assert after["disconnected_at"] >= after["connected_at"]
 
@@ -380,18 +381,10 @@ async def test_a_vanished_connection_counts_as_disconnected_after_the_keep_alive
     device_id = device["device_id"]
     sock = raw_connect(stack.broker.port, device_id, device["provision_token"], keepalive=1)
     try:
-
-        async def connected() -> bool:
-            return bool((await presence(stack, device_id))["connected"])
-
-        await eventually(connected)
+        await until_presence(stack, device_id, connected=True)
         # Silent, socket still open: the broker gives up after 1.5 x keep-alive.
         silent_since = asyncio.get_running_loop().time()
-
-        async def disconnected() -> bool:
-            return (await presence(stack, device_id))["connected"] is False
-
-        await eventually(disconnected, timeout=10)
+        await until_presence(stack, device_id, connected=False)
         assert asyncio.get_running_loop().time() - silent_since >= 1.0
     finally:
         sock.close()
@@ -406,18 +399,10 @@ async def test_a_restarted_broker_still_knows_every_device_and_clears_old_presen
     device_id = device["device_id"]
     sock = raw_connect(stack.broker.port, device_id, device["provision_token"], keepalive=60)
     try:
-
-        async def connected() -> bool:
-            return bool((await presence(stack, device_id))["connected"])
-
-        await eventually(connected)
+        await until_presence(stack, device_id, connected=True)
         stack.broker.kill()  # no disconnect is ever reported by this instance
         stack.broker.start()
-
-        async def cleared() -> bool:
-            return (await presence(stack, device_id))["connected"] is False
-
-        await eventually(cleared)
+        await until_presence(stack, device_id, connected=False)
     finally:
         sock.close()
     async with device_client(stack.broker.port, device_id, device["provision_token"]) as dev:

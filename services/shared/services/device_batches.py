@@ -16,11 +16,12 @@ import orjson
 from shared import twin
 from shared.db import Connection
 from shared.errors import Conflict, Unprocessable
+from shared.ids import DEVICE_ID_RE
 from shared.repositories import bulk_devices
 from shared.repositories import models as models_repo
 from shared.security import hash_provision_token, new_provision_token
 from shared.services import device_profiles, models
-from shared.services.devices import DEVICE_ID_RE, new_device_id
+from shared.services.devices import new_device_id
 
 MAX_BATCH = 1000
 MAX_NAME = 200

@@ -13,7 +13,7 @@ import asyncpg
 from shared import twin
 from shared.db import Connection
 from shared.errors import Conflict, NotFound, Unprocessable
-from shared.ids import DEVICE_ID_RE as DEVICE_ID_RE  # provisioning imports it from here
+from shared.ids import DEVICE_ID_RE
 from shared.repositories import devices as devices_repo
 from shared.security import hash_provision_token, new_provision_token
 
