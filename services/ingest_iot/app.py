@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
                     for task in running:
                         task.cancel()
         finally:
-            await pool.close()
+            await db.close_pool(pool)
 
     app = FastAPI(
         title="IoT Cloud device API",

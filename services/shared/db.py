@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -73,6 +74,17 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
+    """Close gracefully, or, when a connection is still held after ``timeout`` seconds (a
+    query stuck on a database that went away), terminate: a service stops either way."""
+    try:
+        async with asyncio.timeout(timeout):
+            await pool.close()
+    except TimeoutError:
+        log.warning("database pool not closed within %.0fs; terminating it", timeout)
+        pool.terminate()
 
 
 async def connect(database_url: str, *, application_name: str) -> asyncpg.Connection:

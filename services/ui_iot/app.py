@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
                     for task in running:
                         task.cancel()
         finally:
-            await app.state.pool.close()
+            await db.close_pool(app.state.pool)
 
     app = FastAPI(
         title="IoT Cloud operator API",
