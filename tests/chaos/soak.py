@@ -435,7 +435,9 @@ class Soak:
     async def sse_client(self) -> None:
         last = "0"  # from the tenant's first event on
         url = f"http://127.0.0.1:{self.stack.ui_port}/customer/events"
-        while not self.stopping.is_set():
+        # It listens until the results are checked: events written while the fleet settles
+        # (a late report, a device reconnecting) count too.
+        while not self.done.is_set():
             headers = {**self.headers, "Last-Event-ID": last}
             try:
                 async with (
@@ -450,7 +452,7 @@ class Soak:
                         if line.startswith("id:"):
                             last = line[3:].strip()
                             self.sse_ids.append(int(last))
-                        if self.stopping.is_set():
+                        if self.done.is_set():
                             return
             except (httpx.TransportError, httpx.StreamError):
                 await asyncio.sleep(0.3)
