@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,7 +69,15 @@ class RateLimiter:
 
 
 class AwsShadowService:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, link: BrokerLink | None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        link: BrokerLink | None,
+        *,
+        answers: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._answers = answers
         self._pool = pool
         self._settings = settings
         self._link = link
@@ -90,8 +99,8 @@ class AwsShadowService:
 
     async def handle(self, topic: str, payload: bytes) -> None:
         addressed = parse_aws_request(topic)
-        if addressed is None:
-            return
+        if addressed is None or not self._answers():
+            return  # another replica (the leader) answers it
         thing, shadow, operation = addressed
         prefix = aws_prefix(thing, shadow)
         token: str | None = None
