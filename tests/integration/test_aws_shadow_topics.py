@@ -298,3 +298,42 @@ async def test_requests_above_the_rate_get_429(database_url: str, broker: Any, r
             assert rejected and all(body["code"] == 429 for body in rejected)
             assert all(body["message"] == "Too Many Requests" for body in rejected)
             assert {body["clientToken"] for body in rejected} <= {f"r{n}" for n in range(rps + 2)}
+
+
+async def test_bulk_desired_reaches_aws_devices(stack: Stack) -> None:
+    _, admin = await stack.tenant("admin")
+    created = await stack.device(admin)
+    device_id, token = created["device_id"], created["provision_token"]
+    async with aws_device(stack, device_id, token) as device:
+        job = await stack.ui.post(
+            "/customer/fleet/desired",
+            json={"filter": {"device_ids": [device_id]}, "desired": {"firmware": "2.0"}},
+            headers=admin,
+        )
+        assert job.status_code == 202, job.text
+        delta = await device.expect("/shadow/update/delta", timeout=15)
+        assert delta["state"] == {"firmware": "2.0"} and delta["version"] == 1
+        documents = await device.expect("/shadow/update/documents")
+        assert documents["current"]["state"]["desired"] == {"firmware": "2.0"}
+
+
+async def test_aws_update_reaches_the_event_stream(stack: Stack) -> None:
+    _, admin = await stack.tenant("admin")
+    created = await stack.device(admin)
+    device_id, token = created["device_id"], created["provision_token"]
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        async with aws_device(stack, device_id, token) as device:
+            await device.request("update", {"state": {"reported": {"temp": 21}}})
+            await device.expect("/shadow/update/accepted")
+            await device.request("update", {"state": {"reported": {"on": True}}}, shadow="lamp")
+            await device.expect("/name/lamp/update/accepted")
+        kinds = await conn.fetch(
+            "SELECT kind, shadow, reported_version FROM twin_events WHERE device_id = $1"
+            " AND kind IN ('twin', 'shadow') ORDER BY id",
+            device_id,
+        )
+        assert ("twin", "") in {(row["kind"], row["shadow"]) for row in kinds}
+        assert ("shadow", "lamp") in {(row["kind"], row["shadow"]) for row in kinds}
+    finally:
+        await conn.close()
