@@ -31,6 +31,8 @@ CREATE TABLE device_shadows (
 CREATE INDEX idx_device_shadows_pending
     ON device_shadows (tenant_id, device_id, name)
     WHERE desired_version > reported_version;
+-- A tenant's shadows of one name (the fleet summary's `?shadow=`).
+CREATE INDEX idx_device_shadows_tenant_name ON device_shadows (tenant_id, name);
 -- What the publisher still has to send (retained, like the classic desired message).
 CREATE INDEX idx_device_shadows_unpublished
     ON device_shadows (device_id, name)

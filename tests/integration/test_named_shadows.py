@@ -202,3 +202,22 @@ async def test_named_shadow_events_and_counts(stack: Stack) -> None:
 
 async def _is_zero(read: Any) -> bool:
     return bool(await read() == 0)
+
+
+async def test_fleet_summary_by_shadow(stack: Stack) -> None:
+    _, admin = await stack.tenant("admin")
+    first = (await stack.device(admin))["device_id"]
+    await stack.device(admin)
+    await stack.ui.patch(
+        f"/customer/devices/{first}/shadows/cfg/twin/desired",
+        json={"desired": {"x": 1}},
+        headers=admin,
+    )
+    classic = (await stack.ui.get("/customer/fleet/summary", headers=admin)).json()
+    assert classic["total"] == 2
+    named = (await stack.ui.get("/customer/fleet/summary?shadow=cfg", headers=admin)).json()
+    assert named == {"total": 1, "synced": 0, "pending": 0, "stale": 1, "connected": 0}
+    none = (await stack.ui.get("/customer/fleet/summary?shadow=other", headers=admin)).json()
+    assert none["total"] == 0
+    bad = await stack.ui.get("/customer/fleet/summary?shadow=no%20way", headers=admin)
+    assert bad.status_code == 422
