@@ -302,6 +302,12 @@ class DesiredPublisher:
                         prefix + "update/documents", orjson.dumps(entry["documents"]), qos=1
                     )
                 )
+                if entry["shadow"] and entry["documents"].get("current") is None:
+                    # A named shadow deleted: its retained desired message goes too.
+                    topic = named_desired_topic(
+                        entry["tenant_id"], entry["device_id"], entry["shadow"]
+                    )
+                    sends.append(client.publish(topic, b"", qos=1, retain=True))
             await asyncio.gather(*sends)
             async with self._pool.acquire() as conn:
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])

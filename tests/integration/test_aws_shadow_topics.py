@@ -205,6 +205,8 @@ async def test_named_shadow_on_aws_topics(stack: Stack) -> None:
         await device.request("delete", {"clientToken": "d1"}, shadow="config")
         deleted = await device.expect("/name/config/delete/accepted")
         assert deleted["version"] == 2 and deleted["clientToken"] == "d1"
+        gone = await device.expect("/name/config/update/documents")
+        assert gone["current"] is None and gone["previous"]["version"] == 2
     names = (await stack.ui.get(f"/customer/devices/{device_id}/shadows", headers=admin)).json()
     assert names["items"] == []
     assert ("reported", "device", "config") in await _history(stack, device_id)

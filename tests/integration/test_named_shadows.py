@@ -108,6 +108,23 @@ async def test_named_shadow_via_api_and_mqtt_with_history(stack: Stack) -> None:
     assert (await stack.ui.get(f"{url}/firmware/twin", headers=admin)).status_code == 404
     assert (await stack.ui.delete(f"{url}/firmware", headers=admin)).status_code == 404
 
+    # Its retained desired message is cleared: a device that subscribes now gets nothing.
+    async def retained() -> list[Any]:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            stack.broker.port,
+            username=device_id,
+            password=token,
+            identifier=device_id,
+        ) as client:
+            await client.subscribe(_base(tenant_id, device_id, "firmware") + "desired", qos=1)
+            try:
+                return [await _next_json(client, "/firmware/desired", timeout=0.5)]
+            except (TimeoutError, orjson.JSONDecodeError):
+                return []
+
+    assert await eventually(lambda: _empty(retained))
+
 
 async def test_named_shadow_names_limits_and_tenants(stack: Stack) -> None:
     _, admin = await stack.tenant("admin")
@@ -198,6 +215,10 @@ async def test_named_shadow_events_and_counts(stack: Stack) -> None:
         assert await eventually(lambda: _is_zero(pending_now))
     finally:
         await conn.close()
+
+
+async def _empty(read: Any) -> bool:
+    return not await read()
 
 
 async def _is_zero(read: Any) -> bool:
