@@ -100,3 +100,25 @@ def test_rate_limit_per_thing_per_second() -> None:
     assert not limiter.allow("a", 0.2)
     assert limiter.allow("b", 0.2)  # another thing has its own budget
     assert limiter.allow("a", 1.05)  # the first request left the window
+
+
+def test_named_shadow_events_carry_the_name() -> None:
+    from datetime import timedelta
+
+    from shared.services.events import _frame
+
+    row = {
+        "seq": 7,
+        "kind": "shadow",
+        "shadow": "cfg",
+        "device_id": "d1",
+        "desired_version": 2,
+        "reported_version": 1,
+        "last_seen": AT,
+        "at": AT,
+    }
+    frame = _frame(row, stale_after=timedelta(hours=1))  # type: ignore[arg-type]
+    assert frame.startswith(b"id: 7\nevent: shadow\ndata: ")
+    assert b'"shadow":"cfg"' in frame and b'"sync_status":"pending"' in frame
+    deleted = _frame({**row, "desired_version": -1}, stale_after=timedelta(hours=1))  # type: ignore[arg-type]
+    assert b'"deleted":true' in deleted and b'"desired_version":0' in deleted
