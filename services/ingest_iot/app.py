@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
             subscriptions=(
                 f"$share/{SHARED_GROUP}/{REPORTED_SUBSCRIPTION}",
                 f"$share/{SHARED_GROUP}/{NAMED_REPORTED_SUBSCRIPTION}",
-                *AWS_SUBSCRIPTIONS,
+                *(AWS_SUBSCRIPTIONS if settings.aws_topics else ()),
             ),
             on_messages=bridge.handle_batch,
             max_batch=_max_report_batch(),
@@ -79,7 +79,11 @@ def create_app(settings: Settings) -> FastAPI:
             manual_ack=True,
         )
         publisher = DesiredPublisher(
-            pool, link, settings.database_url, stale_after=settings.stale_after
+            pool,
+            link,
+            settings.database_url,
+            stale_after=settings.stale_after,
+            aws_topics=settings.aws_topics,
         )
         bridge.link = link
         bridge.aws = AwsShadowService(pool, settings, link, answers=lambda: publisher.leader)

@@ -78,7 +78,9 @@ class DesiredPublisher:
         database_url: str,
         *,
         stale_after: timedelta = timedelta(hours=1),
+        aws_topics: bool = True,
     ) -> None:
+        self._aws_topics = aws_topics
         self._pool = pool
         self._stale_after = stale_after
         self._link = link
@@ -286,6 +288,10 @@ class DesiredPublisher:
                     [row["name"] for row in rows],
                     [row["desired_version"] for row in rows],
                 )
+        if outbox and not self._aws_topics:
+            async with self._pool.acquire() as conn:  # no AWS topics on this broker
+                await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
+            outbox = []
         if outbox:
             sends = []
             for entry in outbox:
