@@ -13,6 +13,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from ingest_iot import routes
+from ingest_iot.aws_shadow import AwsShadowService
 from ingest_iot.bridge import ReportBridge
 from ingest_iot.metrics import DESIRED_LAG
 from ingest_iot.publisher import DesiredPublisher
@@ -21,7 +22,12 @@ from shared import db
 from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, parse_mqtt_url
 from shared.repositories import delivery
 from shared.settings import Settings
-from shared.topics import REPORTED_SUBSCRIPTION, SHARED_GROUP
+from shared.topics import (
+    AWS_SUBSCRIPTIONS,
+    NAMED_REPORTED_SUBSCRIPTION,
+    REPORTED_SUBSCRIPTION,
+    SHARED_GROUP,
+)
 from shared.web import (
     BodyLimitMiddleware,
     ORJSONResponse,
@@ -58,7 +64,14 @@ def create_app(settings: Settings) -> FastAPI:
         link = BrokerLink(
             target,
             client_id=f"{SERVICE_CLIENT_PREFIX}ingest_iot-{replica_name()}",
-            subscriptions=(f"$share/{SHARED_GROUP}/{REPORTED_SUBSCRIPTION}",),
+            subscriptions=tuple(
+                f"$share/{SHARED_GROUP}/{topic}"
+                for topic in (
+                    REPORTED_SUBSCRIPTION,
+                    NAMED_REPORTED_SUBSCRIPTION,
+                    *AWS_SUBSCRIPTIONS,
+                )
+            ),
             on_messages=bridge.handle_batch,
             max_batch=_max_report_batch(),
             on_connect=on_connect,
@@ -69,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             pool, link, settings.database_url, stale_after=settings.stale_after
         )
         bridge.link = link
+        bridge.aws = AwsShadowService(pool, settings, link)
         app.state.pool, app.state.link, app.state.publisher = pool, link, publisher
         app.state.report_batcher = batcher
         app.state.broker = link  # the name shared.web samples for /metrics, as in ui_iot

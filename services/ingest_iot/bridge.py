@@ -12,6 +12,7 @@ delivery order.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import aiomqtt
 import asyncpg
@@ -23,13 +24,33 @@ from shared import db
 from shared.mqtt import BrokerLink, RetryLater
 from shared.services.history import Actor
 from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
-from shared.services.report_batches import AppliedReport, IncomingReport, apply_reports
+from shared.services.report_batches import (
+    AppliedReport,
+    IncomingReport,
+    apply_named_report,
+    apply_reports,
+)
 from shared.settings import Settings
-from shared.topics import parse_reported, reply_topic
+from shared.topics import (
+    named_reply_topic,
+    parse_aws_request,
+    parse_named_reported,
+    parse_reported,
+    reply_topic,
+)
+
+if TYPE_CHECKING:
+    from ingest_iot.aws_shadow import AwsShadowService
 
 log = logging.getLogger(__name__)
 
 _ERROR = AppliedReport("error", None)
+_SHADOW_REQUESTS = ("$aws/", "tenant/")  # not a classic report: named or AWS, or foreign
+
+
+class _Undo(Exception):
+    def __init__(self, result: AppliedReport) -> None:
+        self.result = result
 
 
 class ReportBridge:
@@ -37,20 +58,80 @@ class ReportBridge:
         self._pool = pool
         self._settings = settings
         self.link: BrokerLink | None = None
+        self.aws: AwsShadowService | None = None
 
     async def handle_batch(self, messages: list[paho.MQTTMessage]) -> None:
         incoming: list[IncomingReport] = []
+        others: list[paho.MQTTMessage] = []
         for message in messages:
             try:
                 addressed = parse_reported(message.topic)
             except UnicodeDecodeError:  # the broker checks topics are UTF-8; never trust it
                 addressed = None
+                others.append(message)  # counted as foreign there
+                continue
+            if addressed is None and message.topic.startswith(_SHADOW_REQUESTS):
+                others.append(message)
+                continue
             if addressed is None:
                 REPORTS.labels("mqtt", "foreign").inc()
                 continue
             incoming.append(IncomingReport(addressed[0], addressed[1], bytes(message.payload)))
-        if not incoming:
-            return
+        if incoming:
+            await self._handle_classic(incoming)
+        if others:
+            # Named shadows and the AWS topics (SPEC §9): one request at a time, each in a
+            # transaction of its own, after the classic batch.
+            await self._handle_others(others)
+
+    async def _handle_others(self, messages: list[paho.MQTTMessage]) -> None:
+        for message in messages:
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                REPORTS.labels("mqtt", "foreign").inc()
+                continue
+            named = parse_named_reported(topic)
+            if named is not None:
+                tenant_id, device_id, shadow = named
+                payload = bytes(message.payload)
+                await self._named_report(IncomingReport(tenant_id, device_id, payload, shadow))
+            elif self.aws is not None and parse_aws_request(topic) is not None:
+                await self.aws.handle(topic, bytes(message.payload))
+            else:
+                REPORTS.labels("mqtt", "foreign").inc()
+
+    async def _named_report(self, report: IncomingReport) -> None:
+        try:
+            async with db.transaction(self._pool) as conn:
+                result = await apply_named_report(
+                    conn,
+                    report,
+                    limits=self._settings.limits,
+                    actor=Actor.device(),
+                    max_shadows=self._settings.max_shadows,
+                )
+                if not result.applied:
+                    raise _Undo(result)  # a refused first report creates no shadow
+        except _Undo as undo:
+            result = undo.result
+        except db.UNAVAILABLE_ERRORS as exc:
+            raise RetryLater(f"database unavailable: {exc!r}") from exc
+        except Exception:
+            result = self._dropped(report)
+        REPORTS.labels("mqtt", result.outcome).inc()
+        if self.link is not None and result.reply is not None:
+            try:
+                self.link.publish_nowait(
+                    named_reply_topic(
+                        report.tenant_id, report.device_id, report.shadow, accepted=result.accepted
+                    ),
+                    orjson.dumps(result.reply),
+                )
+            except aiomqtt.MqttError as exc:
+                log.warning("reply to a named shadow report not sent: %r", exc)
+
+    async def _handle_classic(self, incoming: list[IncomingReport]) -> None:
         REPORT_BATCH.observe(len(incoming))
         try:
             results = await self._apply(incoming)

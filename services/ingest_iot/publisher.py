@@ -28,8 +28,9 @@ from ingest_iot.metrics import DESIRED_LAG, DESIRED_PUBLISHED
 from shared import db
 from shared.aio import wait_event, within
 from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, MqttTarget, backoff_delays
-from shared.repositories import delivery
-from shared.topics import DELIVERY_MARKER_TOPIC, desired_topic
+from shared.repositories import delivery, shadow_outbox
+from shared.repositories import shadows as shadows_repo
+from shared.topics import DELIVERY_MARKER_TOPIC, aws_prefix, desired_topic, named_desired_topic
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +233,10 @@ class DesiredPublisher:
                     rows = await delivery.unpublished(conn, limit=_BATCH)
                 # Out before the next query: a desired write waits for nothing else.
                 await self._publish(rows)
+            named = await self._publish_named()
             async with self._pool.acquire() as conn:
                 gone = await delivery.cleanups(conn, limit=_BATCH)
-            if not rows and not gone:
+            if not rows and not gone and not named:
                 DESIRED_LAG.set(0)
                 return
             if gone:
@@ -253,6 +255,53 @@ class DesiredPublisher:
                     await delivery.cleared(conn, [row["device_id"] for row in gone])
             async with self._pool.acquire() as conn:
                 DESIRED_LAG.set(await delivery.oldest_unpublished_age(conn))
+
+    async def _publish_named(self) -> int:
+        """Named shadows' desired state (retained, like the classic one) and the AWS
+        topics' messages of operator writes (not retained); how many went out."""
+        client = self._link.client
+        async with self._pool.acquire() as conn:
+            rows = await shadows_repo.unpublished(conn, limit=_BATCH)
+            outbox = await shadow_outbox.take(conn, limit=_BATCH)
+        if rows:
+            await asyncio.gather(
+                *(
+                    client.publish(
+                        named_desired_topic(row["tenant_id"], row["device_id"], row["name"]),
+                        orjson.dumps(
+                            {"desired": row["desired_state"], "version": row["desired_version"]}
+                        ),
+                        qos=1,
+                        retain=True,
+                    )
+                    for row in rows
+                )
+            )
+            DESIRED_PUBLISHED.inc(len(rows))
+            async with self._pool.acquire() as conn:
+                await shadows_repo.mark_published(
+                    conn,
+                    [row["device_id"] for row in rows],
+                    [row["name"] for row in rows],
+                    [row["desired_version"] for row in rows],
+                )
+        if outbox:
+            sends = []
+            for entry in outbox:
+                prefix = aws_prefix(entry["device_id"], entry["shadow"])
+                if entry["delta"] is not None:
+                    sends.append(
+                        client.publish(prefix + "update/delta", orjson.dumps(entry["delta"]), qos=1)
+                    )
+                sends.append(
+                    client.publish(
+                        prefix + "update/documents", orjson.dumps(entry["documents"]), qos=1
+                    )
+                )
+            await asyncio.gather(*sends)
+            async with self._pool.acquire() as conn:
+                await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
+        return len(rows) + len(outbox)
 
     async def _publish(self, rows: list[asyncpg.Record]) -> None:
         """Publish retained QoS 1, wait for every PUBACK, record the versions, then move the

@@ -106,6 +106,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     ingest_batch: int = 500
+    max_shadows: int = 10  # named shadows per device (SPEC §9)
+    shadow_rps: int = 20  # AWS shadow requests per second per thing
 
     @classmethod
     def from_env(cls, *, application: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -156,6 +158,8 @@ class Settings:
             tls_cert=tls_cert,
             tls_key=tls_key,
             ingest_batch=env_int("IOTCLOUD_INGEST_BATCH", 500, environ=env),
+            max_shadows=env_int("IOTCLOUD_MAX_SHADOWS", 10, minimum=0, environ=env),
+            shadow_rps=env_int("IOTCLOUD_SHADOW_RPS", 20, environ=env),
         )
 
 

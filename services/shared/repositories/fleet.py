@@ -281,7 +281,8 @@ async def write_desired_many(
     await conn.execute(
         """UPDATE device_state s
            SET desired_state = w.desired, desired_metadata = w.metadata,
-               desired_version = w.version, shadow_updated_at = now()
+               desired_version = w.version, shadow_updated_at = now(),
+               document_version = document_version + 1
            FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::bigint[])
                 AS w (device_id, desired, metadata, version)
            WHERE s.device_id = w.device_id""",

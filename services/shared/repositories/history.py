@@ -21,11 +21,12 @@ async def insert(
     version: int,
     patch: dict[str, Any],
     at: datetime,
+    shadow: str = "",
 ) -> None:
     await conn.execute(
         """INSERT INTO twin_history
-               (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+               (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at, shadow)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         tenant_id,
         device_id,
         kind,
@@ -34,23 +35,32 @@ async def insert(
         version,
         patch,
         at,
+        shadow,
     )
 
 
 async def page(
-    conn: Connection, *, tenant_id: str, device_id: str, before: int | None, limit: int
+    conn: Connection,
+    *,
+    tenant_id: str,
+    device_id: str,
+    before: int | None,
+    limit: int,
+    shadow: str = "",
 ) -> list[asyncpg.Record]:
-    """One keyset page of a device's history, newest first."""
+    """One keyset page of a shadow's history ("" the classic one), newest first."""
     return await conn.fetch(
-        """SELECT id, at, kind, actor_type, actor_email, version, patch
+        """SELECT id, at, kind, actor_type, actor_email, version, patch, shadow
            FROM twin_history
            WHERE device_id = $1 AND tenant_id = $2 AND ($3::bigint IS NULL OR id < $3)
+             AND shadow = $5
            ORDER BY id DESC
            LIMIT $4""",
         device_id,
         tenant_id,
         before,
         limit,
+        shadow,
     )
 
 

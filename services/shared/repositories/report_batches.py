@@ -3,6 +3,7 @@ one that locks the twins and one that writes them with their history."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -84,10 +85,11 @@ async def write_reported_batch(
                    reported_seq = CASE WHEN w.written THEN w.seq ELSE s.reported_seq END,
                    shadow_updated_at =
                        CASE WHEN w.written THEN now() ELSE s.shadow_updated_at END,
+                   document_version = s.document_version + w.updates,
                    last_seen = now()
                FROM unnest($1::text[], $2::boolean[], $3::jsonb[], $4::jsonb[], $5::bigint[],
-                           $13::bigint[])
-                    AS w (device_id, written, reported, metadata, version, seq)
+                           $13::bigint[], $14::bigint[])
+                    AS w (device_id, written, reported, metadata, version, seq, updates)
                WHERE s.device_id = w.device_id)
            INSERT INTO twin_history
                (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
@@ -108,4 +110,13 @@ async def write_reported_batch(
         actor_email,
         at,
         seqs,
+        _updates(device_ids, history),
     )
+
+
+def _updates(
+    device_ids: list[str], history: list[tuple[str, str, int, dict[str, Any]]]
+) -> list[int]:
+    """Accepted reports per device: each is an update of its shadow document (SPEC §9)."""
+    counts = Counter(device_id for _, device_id, _, _ in history)
+    return [counts[device_id] for device_id in device_ids]

@@ -13,7 +13,8 @@ _TWIN_COLUMNS = """s.device_id, s.tenant_id, s.desired_state, s.reported_state,
 
 # The twin with its per-leaf metadata and the device's model, for the operator API and for
 # writes that keep metadata and history (shared.services.twins).
-_DOCUMENT_COLUMNS = f"""{_TWIN_COLUMNS}, s.desired_metadata, s.reported_metadata"""
+_DOCUMENT_COLUMNS = f"""{_TWIN_COLUMNS}, s.desired_metadata, s.reported_metadata,
+       s.document_version"""
 
 
 async def get_documents(
@@ -60,7 +61,7 @@ async def write_desired_document(
     row = await conn.fetchrow(
         f"""UPDATE device_state s
             SET desired_state = $2, desired_metadata = $3, desired_version = $4,
-                shadow_updated_at = now()
+                shadow_updated_at = now(), document_version = document_version + 1
             WHERE s.device_id = $1
             RETURNING {_DOCUMENT_COLUMNS}""",  # noqa: S608
         device_id,

@@ -175,6 +175,10 @@ def _frame(row: asyncpg.Record, *, stale_after: timedelta) -> bytes:
         }
         if kind == "deleted":
             data["deleted"] = True
+        if kind == "shadow":  # a named shadow's change (SPEC §9); -1: it was deleted
+            data["shadow"] = row["shadow"]
+            if row["desired_version"] < 0:
+                data.update(desired_version=0, sync_status="synced", deleted=True)
     return f"id: {row['seq']}\nevent: {kind}\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
 
 

@@ -46,9 +46,16 @@ class Actor:
 
 
 async def record(
-    conn: Connection, *, tenant_id: str, device_id: str, actor: Actor, entry: twin.HistoryEntry
+    conn: Connection,
+    *,
+    tenant_id: str,
+    device_id: str,
+    actor: Actor,
+    entry: twin.HistoryEntry,
+    shadow: str = "",
 ) -> None:
-    """Record an accepted write; call it in the transaction of the write itself."""
+    """Record an accepted write of a shadow ("" the classic one); call it in the
+    transaction of the write itself."""
     await history_repo.insert(
         conn,
         tenant_id=tenant_id,
@@ -59,12 +66,13 @@ async def record(
         version=entry.version,
         patch=entry.patch,
         at=entry.at,
+        shadow=shadow,
     )
 
 
 def _item(row: asyncpg.Record) -> dict[str, Any]:
     actor = Actor(row["actor_type"], row["actor_email"])
-    return {
+    item = {
         "id": row["id"],
         "at": row["at"].isoformat(),
         "kind": row["kind"],
@@ -72,6 +80,9 @@ def _item(row: asyncpg.Record) -> dict[str, Any]:
         "version": row["version"],
         "patch": row["patch"],
     }
+    if row["shadow"]:
+        item["shadow"] = row["shadow"]
+    return item
 
 
 _MAX_ID = 2**63 - 1  # history ids are bigint
@@ -85,7 +96,13 @@ def _decode_cursor(cursor: str) -> int:
 
 
 async def page(
-    conn: Connection, *, tenant_id: str, device_id: str, cursor: str | None, limit: int
+    conn: Connection,
+    *,
+    tenant_id: str,
+    device_id: str,
+    cursor: str | None,
+    limit: int,
+    shadow: str = "",
 ) -> dict[str, Any]:
     """``{"items", "next"}``: the device's history newest first; ``next`` pages further back."""
     rows = await history_repo.page(
@@ -94,6 +111,7 @@ async def page(
         device_id=device_id,
         before=_decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
+        shadow=shadow,
     )
     items = rows[:limit]
     return {

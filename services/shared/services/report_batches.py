@@ -26,7 +26,10 @@ import orjson
 
 from shared import twin
 from shared.db import Connection
+from shared.errors import DomainError
 from shared.repositories import report_batches as repo
+from shared.repositories import shadows as shadows_repo
+from shared.services import history as history_service
 from shared.services.history import Actor
 
 JSON = Any
@@ -39,6 +42,7 @@ class IncomingReport:
     tenant_id: str
     device_id: str
     payload: bytes
+    shadow: str = ""  # a named shadow's name (SPEC §9); "" is the classic shadow
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,3 +253,71 @@ def _apply_one(
         ReportOutcome(True, written.side.version).as_json(report.client_token),
         violations,
     )
+
+
+async def apply_named_report(
+    conn: Connection,
+    report: IncomingReport,
+    *,
+    limits: twin.Limits,
+    actor: Actor,
+    max_shadows: int,
+) -> AppliedReport:
+    """A report on a named shadow (``report.shadow``), on the rules of a classic one
+    (``_apply_one``, so ``twin.apply_report``); the shadow is created by its first report.
+    Call inside a transaction of its own: it locks the device's classic row to create."""
+    from shared.services.twins import lock_or_create_shadow
+
+    try:
+        row = await lock_or_create_shadow(
+            conn,
+            tenant_id=report.tenant_id,
+            device_id=report.device_id,
+            shadow=report.shadow,
+            max_shadows=max_shadows,
+        )
+    except DomainError as exc:
+        if exc.status_code == 404:
+            return AppliedReport("foreign", None)
+        refusal = twin.Refusal("malformed", str(exc.detail))
+        body = ReportOutcome(False, 0, refusal.message).as_json(
+            _client_token(_decoded_or_none(report.payload))
+        )
+        return AppliedReport("malformed", body, refusal=refusal)
+    await shadows_repo.touch(conn, device_id=report.device_id)
+    state = _Twin(
+        tenant_id=row["tenant_id"],
+        reported=row["reported_state"],
+        metadata=row["reported_metadata"],
+        reported_version=row["reported_version"],
+        desired_version=row["desired_version"],
+        reported_schema=None,
+        reported_seq=row["reported_seq"],
+    )
+    parsed = parse_payload(report.payload, limits)
+    result = _apply_one(state, parsed, limits=limits, at=row["now"])
+    if result.applied:
+        assert isinstance(parsed, twin.Report)
+        await shadows_repo.write(
+            conn,
+            device_id=report.device_id,
+            shadow=report.shadow,
+            reported=(state.reported, state.metadata, state.reported_version),
+            document_version=row["document_version"] + 1,
+        )
+        await history_service.record(
+            conn,
+            tenant_id=report.tenant_id,
+            device_id=report.device_id,
+            actor=actor,
+            entry=twin.HistoryEntry("reported", parsed.version, parsed.reported, row["now"]),
+            shadow=report.shadow,
+        )
+    return result
+
+
+def _decoded_or_none(payload: bytes) -> object:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
