@@ -5,7 +5,11 @@
  * At CONNECT a device presents user name = device id, password = provision token and
  * client id = device id. The plugin looks the device up in the `broker_credentials` view
  * (migration 011), compares the SHA-256 of the token, and from then on lets the client
- * touch only its own topic trees. The services log in with their own user name, whose
+ * touch only its own topic trees. On a listener with `require_certificate true` a device
+ * presents a client certificate instead: the SHA-256 of its DER is looked up in the
+ * `broker_certificates` view (migration 016), which names the device; the user name the
+ * client sent is ignored (AWS SDKs send `?SDK=...&Version=...`) and replaced with the
+ * device id, and the client id must still be the device id. The services log in with their own user name, whose
  * password hash and client-id prefix are in the broker's configuration; no device can
  * take a service's client id, because a device's client id must equal its device id, which
  * can never start with the services' prefix.
@@ -41,6 +45,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -59,7 +64,8 @@ struct entry {
 	struct entry *next;
 	char *username;
 	char tenant[MAX_TENANT_ID + 1];
-	char password_hash[SHA256_HEX + 1];
+	char password_hash[SHA256_HEX + 1]; /* of the token, or the certificate's fingerprint */
+	bool by_certificate;
 	const struct mosquitto *client; /* the live connection authorised as this device */
 };
 
@@ -73,7 +79,7 @@ struct pg {
 	const char *application_name;
 	PGconn *conn;
 	bool connecting;
-	bool prepared; /* the lookup statement, on the auth connection */
+	bool prepared; /* the lookup statements, on the auth connection */
 	long next_attempt_ns;
 };
 
@@ -128,19 +134,34 @@ static long long wall_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static bool sha256_hex(const char *text, char out[SHA256_HEX + 1])
+static void to_hex(const unsigned char *digest, unsigned int len, char out[SHA256_HEX + 1])
 {
-	unsigned char digest[EVP_MAX_MD_SIZE];
-	unsigned int len = 0;
 	static const char hex[] = "0123456789abcdef";
-	if(!EVP_Digest(text, strlen(text), digest, &len, EVP_sha256(), NULL) || len != 32){
-		return false;
-	}
 	for(unsigned int i = 0; i < len; i++){
 		out[2 * i] = hex[digest[i] >> 4];
 		out[2 * i + 1] = hex[digest[i] & 0x0f];
 	}
 	out[SHA256_HEX] = '\0';
+}
+
+static bool sha256_hex(const char *text, char out[SHA256_HEX + 1])
+{
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+	if(!EVP_Digest(text, strlen(text), digest, &len, EVP_sha256(), NULL) || len != 32){
+		return false;
+	}
+	to_hex(digest, len, out);
+	return true;
+}
+
+/* The certificate's fingerprint: lower-case hex SHA-256 of its DER. */
+static bool certificate_fingerprint(X509 *cert, char out[SHA256_HEX + 1])
+{
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+	if(!X509_digest(cert, EVP_sha256(), digest, &len) || len != 32) return false;
+	to_hex(digest, len, out);
 	return true;
 }
 
@@ -247,7 +268,8 @@ static void drop(const char *username)
 }
 
 /* The credential as the database has it now; the entry keeps its connection, if any. */
-static struct entry *remember(const char *username, const char *tenant, const char *password_hash)
+static struct entry *remember(const char *username, const char *tenant, const char *password_hash,
+		bool by_certificate)
 {
 	struct entry *e = find(username);
 	if(e == NULL){
@@ -271,6 +293,7 @@ static struct entry *remember(const char *username, const char *tenant, const ch
 	}
 	snprintf(e->tenant, sizeof(e->tenant), "%s", tenant);
 	snprintf(e->password_hash, sizeof(e->password_hash), "%s", password_hash);
+	e->by_certificate = by_certificate;
 	return e;
 }
 
@@ -359,8 +382,16 @@ static PGresult *await_result(int timeout_ms)
 	}
 }
 
-/* The device's current credential from the database: 1 found, 0 none, -1 unavailable. */
-static int lookup(const char *username, char tenant[MAX_TENANT_ID + 1], char hash[SHA256_HEX + 1])
+static const char *const STATEMENTS[][2] = {
+	{"credential", "SELECT tenant_id, password_hash FROM broker_credentials WHERE username = $1"},
+	{"certificate", "SELECT tenant_id, username FROM broker_certificates WHERE fingerprint = $1"},
+};
+
+/* One row of a lookup statement from the database: 1 found, 0 none, -1 unavailable.
+ * "credential": key = user name, out = tenant and token hash; "certificate": key =
+ * fingerprint, out = tenant and device id. */
+static int lookup(const char *statement, const char *key, char tenant[MAX_TENANT_ID + 1],
+		char *second, size_t second_size)
 {
 	if(!pg_ready(&S.auth, "auth")){
 		/* A connection that is still opening gets the rest of this lookup's time. */
@@ -374,32 +405,32 @@ static int lookup(const char *username, char tenant[MAX_TENANT_ID + 1], char has
 	}
 	if(!S.auth.prepared){
 		/* Parsed and planned once per connection: a cold connect storm is one round trip each. */
-		if(!PQsendPrepare(S.auth.conn, "credential",
-				"SELECT tenant_id, password_hash FROM broker_credentials WHERE username = $1",
-				1, NULL)){
-			pg_close(&S.auth);
-			return -1;
-		}
-		PGresult *prepared = await_result(S.query_timeout_ms);
-		bool ok = prepared && PQresultStatus(prepared) == PGRES_COMMAND_OK;
-		if(prepared) PQclear(prepared);
-		if(!ok){
-			mosquitto_log_printf(MOSQ_LOG_WARNING, "iotcloud_auth: lookup not prepared: %s",
-					PQerrorMessage(S.auth.conn));
-			pg_close(&S.auth);
-			return -1;
+		for(size_t i = 0; i < sizeof(STATEMENTS) / sizeof(STATEMENTS[0]); i++){
+			if(!PQsendPrepare(S.auth.conn, STATEMENTS[i][0], STATEMENTS[i][1], 1, NULL)){
+				pg_close(&S.auth);
+				return -1;
+			}
+			PGresult *prepared = await_result(S.query_timeout_ms);
+			bool ok = prepared && PQresultStatus(prepared) == PGRES_COMMAND_OK;
+			if(prepared) PQclear(prepared);
+			if(!ok){
+				mosquitto_log_printf(MOSQ_LOG_WARNING, "iotcloud_auth: lookup not prepared: %s",
+						PQerrorMessage(S.auth.conn));
+				pg_close(&S.auth);
+				return -1;
+			}
 		}
 		S.auth.prepared = true;
 	}
-	const char *params[1] = {username};
-	if(!PQsendQueryPrepared(S.auth.conn, "credential", 1, params, NULL, NULL, 0)){
+	const char *params[1] = {key};
+	if(!PQsendQueryPrepared(S.auth.conn, statement, 1, params, NULL, NULL, 0)){
 		pg_close(&S.auth);
 		return -1;
 	}
 	PGresult *result = await_result(S.query_timeout_ms);
 	if(result == NULL){
 		mosquitto_log_printf(MOSQ_LOG_WARNING,
-				"iotcloud_auth: credential lookup of %s failed or took over %d ms", username,
+				"iotcloud_auth: %s lookup of %s failed or took over %d ms", statement, key,
 				S.query_timeout_ms);
 		pg_close(&S.auth);
 		return -1;
@@ -409,7 +440,7 @@ static int lookup(const char *username, char tenant[MAX_TENANT_ID + 1], char has
 		found = PQntuples(result) > 0;
 		if(found){
 			snprintf(tenant, MAX_TENANT_ID + 1, "%s", PQgetvalue(result, 0, 0));
-			snprintf(hash, SHA256_HEX + 1, "%s", PQgetvalue(result, 0, 1));
+			snprintf(second, second_size, "%s", PQgetvalue(result, 0, 1));
 		}
 	}else{
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "iotcloud_auth: credential lookup failed: %s",
@@ -508,12 +539,12 @@ static void recheck_result(PGresult *result)
 		if(name == NULL) continue;
 		struct entry *e = find(name);
 		if(e == NULL || e->client == NULL) continue;
+		const char *kind = e->by_certificate ? "c" : "t";
 		bool current = false;
-		for(int row = 0; row < PQntuples(result); row++){
-			if(strcmp(PQgetvalue(result, row, 0), name) == 0){
-				current = same_hash(PQgetvalue(result, row, 1), e->password_hash);
-				break;
-			}
+		for(int row = 0; row < PQntuples(result) && !current; row++){
+			current = strcmp(PQgetvalue(result, row, 0), name) == 0
+				&& strcmp(PQgetvalue(result, row, 2), kind) == 0
+				&& same_hash(PQgetvalue(result, row, 1), e->password_hash);
 		}
 		if(!current) on_notification(name);
 	}
@@ -538,8 +569,10 @@ static void async_send(void)
 			S.rechecking = false;
 		}else{
 			const char *params[1] = {names};
-			if(PQsendQueryParams(S.async.conn, "SELECT username, password_hash "
-					"FROM broker_credentials WHERE username = ANY($1::text[])", 1, NULL, params,
+			if(PQsendQueryParams(S.async.conn, "SELECT username, password_hash, 't' "
+					"FROM broker_credentials WHERE username = ANY($1::text[]) "
+					"UNION ALL SELECT username, fingerprint, 'c' "
+					"FROM broker_certificates WHERE username = ANY($1::text[])", 1, NULL, params,
 					NULL, NULL, 0)){
 				S.async_query = SENT_RECHECK;
 			}
@@ -650,11 +683,48 @@ static void async_tick(void)
 
 /* ------------------------------------------------------------ callbacks */
 
+/* A client certificate (only a `require_certificate` listener asks for one, so it has been
+ * verified against that listener's trust store): its fingerprint names the device. */
+static int on_certificate_auth(struct mosquitto *client, X509 *cert)
+{
+	char fingerprint[SHA256_HEX + 1];
+	bool hashed = certificate_fingerprint(cert, fingerprint);
+	X509_free(cert);
+	const char *client_id = mosquitto_client_id(client);
+	if(!hashed || client_id == NULL) return MOSQ_ERR_AUTH;
+	char tenant[MAX_TENANT_ID + 1], device_id[MAX_DEVICE_ID + 1];
+	int found = lookup("certificate", fingerprint, tenant, device_id, sizeof(device_id));
+	if(found <= 0){
+		if(found == 0){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE,
+					"iotcloud_auth: refused a certificate no live device holds (SHA-256 %s)",
+					fingerprint);
+		}
+		return MOSQ_ERR_AUTH;
+	}
+	if(strcmp(client_id, device_id) != 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotcloud_auth: refused %s's certificate: the client id must be the device id",
+				device_id);
+		return MOSQ_ERR_AUTH;
+	}
+	/* The device id, not what the client sent, is its user name from now on: ACL checks,
+	 * kicks and presence all go by it. */
+	if(mosquitto_set_username(client, device_id) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_AUTH;
+	struct entry *e = remember(device_id, tenant, fingerprint, true);
+	if(e == NULL) return MOSQ_ERR_AUTH;
+	attach(e, client);
+	enqueue(device_id, true);
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	(void)event;
 	(void)userdata;
 	struct mosquitto_evt_basic_auth *ed = event_data;
+	X509 *cert = mosquitto_client_certificate(ed->client);
+	if(cert != NULL) return on_certificate_auth(ed->client, cert);
 	const char *client_id = mosquitto_client_id(ed->client);
 	if(ed->username == NULL || ed->password == NULL || client_id == NULL){
 		return MOSQ_ERR_AUTH;
@@ -681,17 +751,19 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}
 	struct entry *e = find(ed->username);
-	if(e == NULL || !same_hash(offered, e->password_hash)){
-		/* Unknown here, or a token newer than the one remembered: ask the database. */
+	if(e == NULL || e->by_certificate || !same_hash(offered, e->password_hash)){
+		/* Unknown here, a token newer than the one remembered, or remembered from a
+		 * certificate (whose fingerprint is public, never a password): ask the database. */
 		char tenant[MAX_TENANT_ID + 1], stored[SHA256_HEX + 1];
-		int found = lookup(ed->username, tenant, stored);
+		int found = lookup("credential", ed->username, tenant, stored, sizeof(stored));
 		if(found < 0) return MOSQ_ERR_AUTH;
 		if(found == 0){
 			if(e && e->client == NULL) drop(ed->username);
 			return MOSQ_ERR_AUTH;
 		}
-		e = remember(ed->username, tenant, stored);
-		if(e == NULL || !same_hash(offered, e->password_hash)) return MOSQ_ERR_AUTH;
+		if(!same_hash(offered, stored)) return MOSQ_ERR_AUTH;
+		e = remember(ed->username, tenant, stored, false);
+		if(e == NULL) return MOSQ_ERR_AUTH;
 	}
 	attach(e, ed->client);
 	enqueue(ed->username, true);
@@ -751,6 +823,32 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		default:
 			return MOSQ_ERR_ACL_DENIED;
 	}
+}
+
+/* A device's `$aws/things/...` request goes on as `iotcloud/aws/things/...`: Mosquitto 2.0
+ * files `$share/group/$aws/...` under the non-`$` topic tree, so a shared subscription never
+ * sees a `$` topic, and the services' replicas share the AWS requests through the internal
+ * name. The ACL check has already passed, so the thing in the topic is the sender. */
+#define AWS_TOPIC "$aws/things/"
+#define AWS_INTERNAL "iotcloud/aws/things/"
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)userdata;
+	struct mosquitto_evt_message *ed = event_data;
+	const char *username = mosquitto_client_username(ed->client);
+	if(username == NULL || strcmp(username, S.service_user) == 0) return MOSQ_ERR_SUCCESS;
+	if(ed->topic == NULL || !starts_with(ed->topic, AWS_TOPIC)) return MOSQ_ERR_SUCCESS;
+	const char *rest = ed->topic + strlen(AWS_TOPIC);
+	size_t size = strlen(AWS_INTERNAL) + strlen(rest) + 1;
+	char *internal = mosquitto_malloc(size);
+	if(internal == NULL) return MOSQ_ERR_NOMEM;
+	snprintf(internal, size, "%s%s", AWS_INTERNAL, rest);
+	/* Mosquitto 2.0.11 takes the new topic and leaves the old one to the plugin. */
+	mosquitto_free(ed->topic);
+	ed->topic = internal;
+	return MOSQ_ERR_SUCCESS;
 }
 
 static int on_disconnect(int event, void *event_data, void *userdata)
@@ -847,6 +945,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	int rc = mosquitto_callback_register(S.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
 	return rc;
 }
@@ -859,6 +958,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	mosquitto_callback_unregister(S.id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_TICK, on_tick, NULL);
 	/* Presence still queued is written now, while the broker stops, if it can be. */
 	if(S.async.conn && !S.async.connecting && S.queue_len && S.started_recorded){

@@ -114,11 +114,18 @@ class Broker:
     tls_port: int = 0
     durability: str = "fast"
     process: subprocess.Popen[bytes] | None = None
+    cert_port: int = 0
+    device_trust: Path | None = None
 
     @property
     def embedded(self) -> EmbeddedBroker:
         return EmbeddedBroker(
-            self.home, self.port, tls_port=self.tls_port, durability=self.durability
+            self.home,
+            self.port,
+            tls_port=self.tls_port,
+            durability=self.durability,
+            cert_port=self.cert_port,
+            device_trust=self.device_trust,
         )
 
     @property

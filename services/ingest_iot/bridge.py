@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ERROR = AppliedReport("error", None)
-_SHADOW_REQUESTS = ("$aws/", "tenant/")  # not a classic report: named or AWS, or foreign
+# not a classic report: named or AWS (as the broker plugin renames it), or foreign
+_SHADOW_REQUESTS = ("$aws/", "iotcloud/aws/", "tenant/")
 
 
 class _Undo(Exception):

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import uvloop
 
-from iotcloud import embedded
+from iotcloud import cli_certs, embedded
 from iotcloud.provisioning import ProvisioningError
-from shared import db
+from shared import db, device_trust
 from shared import settings as env_settings
 from shared.errors import DomainError
 from shared.settings import SettingsError, env_port, project_home
@@ -26,6 +26,7 @@ CLI_ACTOR = "iotcloud-cli"
 _JOB_COUNTS = ("job_id", "status", "matched", "written", "synced", "skipped", "failed", "error")
 DEFAULT_BROKER_PORT = 1884
 DEFAULT_BROKER_TLS_PORT = 8883
+DEFAULT_BROKER_CERT_PORT = 8884
 
 
 class CliError(Exception):
@@ -41,6 +42,8 @@ def embedded_broker() -> embedded.EmbeddedBroker:
         project_home(),
         env_port("IOTCLOUD_BROKER_PORT", DEFAULT_BROKER_PORT),
         tls_port=env_port("IOTCLOUD_BROKER_TLS_PORT", DEFAULT_BROKER_TLS_PORT),
+        cert_port=env_port("IOTCLOUD_BROKER_CERT_PORT", DEFAULT_BROKER_CERT_PORT),
+        device_trust=device_trust.trust_dir(),
         bind=os.environ.get("IOTCLOUD_BROKER_BIND") or "127.0.0.1",
         durability=broker_durability(),
     )
@@ -183,6 +186,10 @@ async def cmd_device_create(args: argparse.Namespace) -> None:
         database_url(), tenant_id=args.tenant, specs=[(args.id, args.name)]
     )
     _print_json(created[0].as_json())
+
+
+async def cmd_device_cert(args: argparse.Namespace) -> None:
+    await cli_certs.cmd_device_cert(args, database_url())
 
 
 async def cmd_device_import(args: argparse.Namespace) -> None:
@@ -414,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     device_import.add_argument("--out", help="write device_id,provision_token here (mode 0600)")
     device_import.add_argument("--force", action="store_true", help="overwrite --out")
     device_import.set_defaults(handler=cmd_device_import)
+    cli_certs.register(device).set_defaults(handler=cmd_device_cert)
 
     serve = sub.add_parser("serve", help="run one service (what a replica runs)")
     serve.add_argument("service", choices=["ui", "ingest"])

@@ -231,6 +231,11 @@ class EmbeddedBroker:
     tls_port: int = 8883
     bind: str = "127.0.0.1"
     durability: str = "fast"
+    # The mutual-TLS listener for devices with client certificates (SPEC §9); 0: none.
+    # Mosquitto asks every client of a listener for a certificate or none: a token device
+    # has none to give, so certificates get a listener of their own (docs/architecture.md).
+    cert_port: int = 0
+    device_trust: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -279,6 +284,17 @@ class EmbeddedBroker:
                 f"certfile {tls.cert}",
                 f"keyfile {tls.key}",
             ]
+            if self.cert_port and self.device_trust is not None:
+                self.device_trust.mkdir(parents=True, exist_ok=True)
+                lines += [
+                    f"listener {self.cert_port} {self.bind}",
+                    f"certfile {tls.cert}",
+                    f"keyfile {tls.key}",
+                    "require_certificate true",
+                    # A hashed directory (shared.device_trust): read at each handshake, so a
+                    # tenant CA made while the broker runs is trusted without a restart.
+                    f"capath {self.device_trust}",
+                ]
         lines += [
             "persistence true",
             f"persistence_location {self.root / 'data'}/",

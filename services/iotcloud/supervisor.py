@@ -10,7 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from iotcloud import cli, embedded
+from iotcloud import cli, cli_certs, embedded
 from shared import db
 from shared.aio import within
 from shared.repositories import tenants, users
@@ -91,6 +91,7 @@ async def up(*, demo: bool) -> None:
     conn = await db.connect(database_url, application_name="iotcloud-up")
     try:
         await db.migrate(conn)
+        await cli_certs.sync_trust_store(conn)
     finally:
         await conn.close()
 
@@ -115,6 +116,11 @@ async def up(*, demo: bool) -> None:
             f"  MQTT over TLS             mqtts://{broker.bind}:{broker.tls_port}"
             f"  (devices trust {tls.ca or tls.cert})"
         )
+        if broker.cert_port and mosquitto_ready and not force_fallback:
+            broker_lines.append(
+                f"  MQTT, client certificates mqtts://{broker.bind}:{broker.cert_port}"
+                "  (iotcloud device cert)"
+            )
     children += [
         Child("ui_iot", [*me, "serve", "ui"]),
         Child("ingest_iot", [*me, "serve", "ingest"]),

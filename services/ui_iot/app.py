@@ -23,7 +23,7 @@ from shared.web import (
     install_health,
     install_metrics,
 )
-from ui_iot.routes import auth, devices, models, shadows
+from ui_iot.routes import auth, certificates, devices, models, shadows
 from ui_iot.routes import events as event_routes
 from ui_iot.routes import fleet as fleet_routes
 
@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     app.include_router(fleet_routes.router)
     app.include_router(event_routes.router)
     app.include_router(models.router)
+    app.include_router(certificates.router)
     app.include_router(shadows.router)
     _serve_console(app, console_dir)
     return app
