@@ -107,5 +107,6 @@ async def patch_desired_many(
             actor_type=actor.type,
             actor_email=actor.email,
             at=rows[0]["now"],
+            actor_id=actor.id,
         )
     return outcomes
