@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from iotcloud import embedded
+from iotcloud import cli_rollouts, embedded
 from iotcloud.provisioning import ProvisioningError
 from shared import db
 from shared import settings as env_settings
@@ -474,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_desired.add_argument("--workers", type=int, default=4, help="concurrent batches")
     set_desired.add_argument("--batch-size", type=int, default=500, help="devices per batch")
     set_desired.set_defaults(handler=cmd_fleet_set_desired)
+    cli_rollouts.add_parser(fleet)
     return parser
 
 
