@@ -270,7 +270,7 @@ async def cmd_up(args: argparse.Namespace) -> None:
 
 
 async def cmd_simulate(args: argparse.Namespace) -> None:
-    from iotcloud.simulator import simulate
+    from iotcloud.simulator import RejectRule, simulate
 
     await simulate(
         database_url(),
@@ -285,6 +285,7 @@ async def cmd_simulate(args: argparse.Namespace) -> None:
         progress_every=args.progress_every,
         burst=args.burst,
         resend_after=args.resend_after,
+        reject=RejectRule.parse(args.reject_key) if args.reject_key else None,
     )
 
 
@@ -455,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument(
         "--progress-every", type=float, default=2.0, help="seconds between progress lines"
+    )
+    simulate.add_argument(
+        "--reject-key", help="refuse desired versions setting KEY (or KEY=VALUE) (SPEC §11)"
     )
     simulate.set_defaults(handler=cmd_simulate)
 

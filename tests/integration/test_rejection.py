@@ -3,13 +3,18 @@ in the twin, history, the fleet summary, ``?sync_status=rejected`` and the event
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aiomqtt
 import orjson
 
+from iotcloud.simulator import RejectRule, simulate
 from shared.topics import reported_topic
 from tests.conftest import Stack
 from tests.integration.test_fleet_events import all_sequenced, open_stream, served
 from tests.integration.test_twin_mqtt_cycle import _next_json
+from tests.support import eventually
 
 REPORT = "/device/v1/shadow/reported"
 
@@ -143,3 +148,58 @@ async def test_mqtt_rejection(stack: Stack) -> None:
     twin = await _twin(stack, admin, "rj-m")
     assert twin["sync_status"] == "rejected"
     assert twin["rejected"]["code"] == 415 and twin["rejected"]["message"] == "no turbo"
+
+
+async def test_simulator_told_to_reject_a_key(stack: Stack) -> None:
+    tenant_id, admin = await stack.tenant("admin")
+    devices = asyncio.create_task(
+        simulate(
+            stack.settings.database_url,
+            stack.broker.url,
+            tenant_id=tenant_id,
+            count=2,
+            rate=0,
+            http_url=None,
+            duration=0,
+            prefix="sim",
+            progress_every=60,
+            reject=RejectRule.parse('fw="9.9"'),
+        )
+    )
+    try:
+
+        async def connected() -> bool:
+            for device_id in ("sim-00001", "sim-00002"):
+                response = await stack.ui.get(f"/customer/devices/{device_id}/twin", headers=admin)
+                if response.status_code != 200 or not response.json()["connected"]:
+                    return False
+            return True
+
+        await eventually(connected, timeout=30, interval=0.1)
+
+        async def status(device_id: str, wanted: str) -> dict | None:  # type: ignore[type-arg]
+            twin = await _twin(stack, admin, device_id)
+            return twin if twin["sync_status"] == wanted else None
+
+        for device_id, fw in (("sim-00001", "9.9"), ("sim-00002", "1.0")):
+            await stack.ui.patch(
+                f"/customer/devices/{device_id}/twin/desired",
+                json={"desired": {"fw": fw}},
+                headers=admin,
+            )
+        refused = await eventually(lambda: status("sim-00001", "rejected"), timeout=20)
+        assert refused["rejected"]["version"] == 1 and "fw" in refused["rejected"]["message"]
+        assert refused["reported"] == {}
+        await eventually(lambda: status("sim-00002", "synced"), timeout=20)
+        # A later version the device accepts ends the refusal.
+        await stack.ui.patch(
+            "/customer/devices/sim-00001/twin/desired",
+            json={"desired": {"fw": "1.0"}},
+            headers=admin,
+        )
+        applied = await eventually(lambda: status("sim-00001", "synced"), timeout=20)
+        assert applied["rejected"] is None and applied["reported"] == {"fw": "1.0"}
+    finally:
+        devices.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await devices
