@@ -267,7 +267,8 @@ async def stage_counts(
 ) -> list[asyncpg.Record]:
     """Per stage: devices, written, synced (applied the version it was given), rejected (a
     refusal in effect of that version or a later one), unhealthy (applied, but the health
-    condition does not hold; a missing value does not hold) and reverted.
+    condition does not hold; a missing value does not hold), good (synced, not rejected and
+    healthy: what the gate counts) and reverted.
 
     ``health``: (``reported`` or ``desired``, the pointer's path, the operator, the value).
     """
@@ -289,6 +290,8 @@ async def stage_counts(
                    count(*) FILTER (WHERE r.outcome = 'written' AND rejected) AS rejected,
                    count(*) FILTER (WHERE r.outcome = 'written' AND synced AND NOT healthy)
                        AS unhealthy,
+                   count(*) FILTER (WHERE r.outcome = 'written' AND synced AND NOT rejected
+                                      AND healthy) AS good,
                    count(*) FILTER (WHERE r.reverted) AS reverted
             FROM rollout_devices r
             LEFT JOIN LATERAL (
@@ -317,7 +320,8 @@ async def update_state(
 ) -> None:
     await conn.execute(
         """UPDATE rollouts
-           SET state = $2, stage = COALESCE($3, stage), reason = COALESCE($4, reason),
+           SET state = $2, stage = COALESCE($3, stage),
+               reason = CASE WHEN $6 THEN $4 ELSE COALESCE($4, reason) END,
                finished_at = CASE WHEN $5 THEN now() ELSE finished_at END,
                stage_written_at = CASE WHEN $6 THEN NULL ELSE stage_written_at END,
                updated_at = now()

@@ -485,7 +485,7 @@ async def _gate(conn: Connection, row: asyncpg.Record) -> bool:
     }
     found = counts.get(row["stage"])
     written = found["written"] if found else 0
-    good = (found["synced"] - found["rejected"] - found["unhealthy"]) if found else 0
+    good = found["good"] if found else 0
     ratio = success["synced_ratio"]
     if written == 0 or good >= ratio * written:
         last = row["stage"] + 1 >= len(row["stages"])
