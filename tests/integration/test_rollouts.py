@@ -11,10 +11,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
+from shared import db
+from shared.services import rollouts
+from shared.twin import Limits
 from tests.conftest import Broker, Stack, make_settings, running_stack
 from tests.integration.test_fleet import add_fleet
 from tests.support import ROOT, eventually
@@ -481,3 +485,155 @@ async def test_a_rollout_killed_mid_stage_resumes_and_writes_each_device_once(
 
 async def _at_least(count: Callable[[], Any], n: int) -> bool:
     return bool(await count() >= n)
+
+
+async def test_a_rollout_killed_mid_revert_reverts_each_device_once(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('acme', 'acme')")
+    finally:
+        await conn.close()
+    await add_fleet(database_url, "acme", 1_000)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """UPDATE device_state SET desired_state = jsonb_build_object('fw', '1.0',
+                                                                     'n', device_id)"""
+        )
+        before = {
+            row["device_id"]: (row["desired_state"], row["desired_version"])
+            for row in await conn.fetch(
+                "SELECT device_id, desired_state, desired_version FROM device_state"
+            )
+        }
+    finally:
+        await conn.close()
+    # No device answers: the gate fails after a second and the CLI reverts, 20 at a time.
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iotcloud.cli",
+            "fleet",
+            "rollout",
+            "--tenant",
+            "acme",
+            "--desired",
+            '{"fw": "3.1", "extra": {"a": 1}}',
+            "--stages",
+            "100",
+            "--within",
+            "1",
+            "--on-failure",
+            "revert",
+            "--batch-size",
+            "20",
+        ],
+        env={**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT / "services")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+
+        async def reverted() -> int:
+            count: int = await conn.fetchval("SELECT count(*) FROM rollout_devices WHERE reverted")
+            return count
+
+        try:
+            await eventually(lambda: _at_least(reverted, 100), timeout=60, interval=0.01)
+            cli.send_signal(signal.SIGKILL)
+        finally:
+            cli.kill()
+            cli.wait()
+        at_kill = await reverted()
+        assert 0 < at_kill < 1_000, f"the kill did not land mid-revert ({at_kill})"
+        rollout_id = await conn.fetchval("SELECT rollout_id::text FROM rollouts")
+        assert await conn.fetchval("SELECT state FROM rollouts") == "reverting"
+    finally:
+        await conn.close()
+
+    # A fresh runner (as a ui_iot replica starts one) finishes the revert.
+    pool = await db.create_pool(database_url, application_name="tests-resume")
+    try:
+        runner = rollouts.RolloutRunner(pool, database_url, limits=Limits())
+        async with asyncio.TaskGroup() as tasks:
+            running = tasks.create_task(runner.run(), name="resume-rollouts")
+
+            async def finished() -> bool:
+                async with pool.acquire() as conn:
+                    state = await conn.fetchval("SELECT state FROM rollouts")
+                return bool(state == "reverted")
+
+            await eventually(finished, timeout=120, interval=0.1)
+            running.cancel()
+    finally:
+        await pool.close()
+    writes = await rollout_writes(database_url, rollout_id)
+    assert len(writes) == 1_000 and set(writes.values()) == {2}  # written, then reverted
+    conn = await asyncpg.connect(database_url)
+    try:
+        for row in await conn.fetch(
+            "SELECT device_id, desired_state, desired_version FROM device_state"
+        ):
+            state, version = before[row["device_id"]]
+            assert row["desired_state"] == state, row["device_id"]
+            expected = version + (2 if row["device_id"] in writes else 0)
+            assert row["desired_version"] == expected, row["device_id"]
+    finally:
+        await conn.close()
+
+
+async def test_two_runners_share_a_stage_without_writing_any_device_twice(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('acme', 'acme')")
+    finally:
+        await conn.close()
+    await add_fleet(database_url, "acme", 2_000)
+    pools = [await db.create_pool(database_url, application_name=f"r{n}") for n in range(2)]
+    try:
+        async with db.transaction(pools[0]) as conn:
+            request = rollouts.parse_request(
+                {
+                    "desired": {"fw": "4"},
+                    "stages": [60, 100],
+                    "success": {"synced_ratio": 1, "within_s": 600},
+                },
+                Limits(),
+            )
+            rollout_id = await rollouts.create(
+                conn,
+                tenant_id="acme",
+                request=request,
+                created_by="t@acme.test",
+                stale_after=timedelta(hours=1),
+            )
+
+        steps = [0, 0]
+
+        async def drive(n: int) -> None:
+            """Step until the stage is written and its gate waits (each runner keeps trying
+            while the other holds the rollout)."""
+            while True:
+                if await rollouts.run_step(pools[n], limits=Limits(), batch_size=25):
+                    steps[n] += 1
+                    continue
+                async with pools[n].acquire() as conn:
+                    if await conn.fetchval("SELECT stage_written_at IS NOT NULL FROM rollouts"):
+                        return
+                await asyncio.sleep(0.001)
+
+        await asyncio.gather(drive(0), drive(1))
+        async with pools[0].acquire() as conn:
+            document = await rollouts.get(conn, tenant_id="acme", rollout_id=rollout_id)
+    finally:
+        for pool in pools:
+            await pool.close()
+    assert document["state"] == "running" and document["stage"] == 0
+    assert [s["written"] for s in document["stages"]] == [1_200, 0]
+    writes = await rollout_writes(database_url, rollout_id)
+    assert len(writes) == 1_200 and set(writes.values()) == {1}
+    assert all(steps), steps  # both runners wrote batches
