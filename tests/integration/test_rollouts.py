@@ -12,16 +12,18 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
 from shared import db
 from shared.services import rollouts
 from shared.twin import Limits
 from tests.conftest import Broker, Stack, make_settings, running_stack
 from tests.integration.test_fleet import add_fleet
-from tests.support import ROOT, eventually
+from tests.support import ROOT, ServiceProcess, eventually, operator_headers
 
 REPORT = "/device/v1/shadow/reported"
 # What a device does with a desired version: a report body, or None to stay silent.
@@ -637,3 +639,57 @@ async def test_two_runners_share_a_stage_without_writing_any_device_twice(
     writes = await rollout_writes(database_url, rollout_id)
     assert len(writes) == 1_200 and set(writes.values()) == {1}
     assert all(steps), steps  # both runners wrote batches
+
+
+async def test_the_ui_service_killed_mid_stage_resumes_it_on_restart(
+    database_url: str, broker: Broker, tmp_path: Path
+) -> None:
+    """kill -9 of the service that runs the rollout (ui_iot's runner), then a restart."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('acme', 'acme')")
+    finally:
+        await conn.close()
+    await add_fleet(database_url, "acme", 12_000)
+    ui = ServiceProcess.make("ui", home=tmp_path, database_url=database_url, mqtt_url=broker.url)
+    ui.start()
+    try:
+        await ui.wait_ready()
+        async with httpx.AsyncClient(base_url=ui.url, headers=operator_headers("acme")) as client:
+            response = await client.post(
+                "/customer/fleet/rollouts",
+                json=body(filter={}, stages=[100], success={"synced_ratio": 1, "within_s": 600}),
+            )
+            assert response.status_code == 202, response.text
+            rollout_id = response.json()["rollout_id"]
+        conn = await asyncpg.connect(database_url)
+        try:
+
+            async def written() -> int:
+                count: int = await conn.fetchval(
+                    "SELECT count(*) FROM rollout_devices WHERE outcome IS NOT NULL"
+                )
+                return count
+
+            await eventually(lambda: _at_least(written, 500), timeout=60, interval=0.005)
+            ui.kill()
+            at_kill = await written()
+            assert 0 < at_kill < 12_000, f"the kill did not land mid-stage ({at_kill})"
+        finally:
+            await conn.close()
+        ui.start()
+        await ui.wait_ready()
+        async with httpx.AsyncClient(base_url=ui.url, headers=operator_headers("acme")) as client:
+
+            async def gating() -> dict[str, Any] | None:
+                document: dict[str, Any] = (
+                    await client.get(f"/customer/fleet/rollouts/{rollout_id}")
+                ).json()
+                return document if document["stages"][0]["status"] == "gating" else None
+
+            document = await eventually(gating, timeout=120, interval=0.1)
+    finally:
+        ui.stop()
+    assert document["stages"][0]["written"] == 12_000
+    writes = await rollout_writes(database_url, rollout_id)
+    assert len(writes) == 12_000 and set(writes.values()) == {1}
