@@ -693,3 +693,37 @@ async def test_the_ui_service_killed_mid_stage_resumes_it_on_restart(
     assert document["stages"][0]["written"] == 12_000
     writes = await rollout_writes(database_url, rollout_id)
     assert len(writes) == 12_000 and set(writes.values()) == {1}
+
+
+async def test_cli_refuses_bad_input_before_anything_starts(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('acme', 'acme')")
+    finally:
+        await conn.close()
+    await add_fleet(database_url, "acme", 10)
+    base = ["--tenant", "acme", "--desired", '{"fw": "2"}', "--within", "5"]
+    for extra, words in (
+        (["--stages", "10,5"], "stages must grow"),
+        (["--stages", "10,150"], "at most 100"),
+        (["--stages", "ten"], "--stages"),
+        (["--stages", "100", "--health", "/reported/health ~ 1"], "--health"),
+        (["--stages", "100", "--health", "/reported/x == nope"], "not JSON"),
+        (["--stages", "100", "--tag", "ring:nowhere"], "matches no device"),
+        (["--stages", "100", "--synced-ratio", "0"], "synced_ratio"),
+    ):
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "iotcloud.cli", "fleet", "rollout", *base, *extra],
+            env={**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT / "services")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, (extra, result.stderr)
+        assert words in result.stderr, (extra, result.stderr)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM rollouts") == 0
+    finally:
+        await conn.close()
