@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from iotcloud import cli_certs, embedded
+from iotcloud import cli_certs, cli_rollouts, embedded
 from iotcloud.provisioning import ProvisioningError
 from shared import db, device_trust
 from shared import settings as env_settings
@@ -277,7 +277,7 @@ async def cmd_up(args: argparse.Namespace) -> None:
 
 
 async def cmd_simulate(args: argparse.Namespace) -> None:
-    from iotcloud.simulator import simulate
+    from iotcloud.simulator import RejectRule, simulate
 
     await simulate(
         database_url(),
@@ -292,6 +292,7 @@ async def cmd_simulate(args: argparse.Namespace) -> None:
         progress_every=args.progress_every,
         burst=args.burst,
         resend_after=args.resend_after,
+        reject=RejectRule.parse(args.reject_key) if args.reject_key else None,
     )
 
 
@@ -464,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--progress-every", type=float, default=2.0, help="seconds between progress lines"
     )
+    simulate.add_argument(
+        "--reject-key", help="refuse desired versions setting KEY (or KEY=VALUE) (SPEC §11)"
+    )
     simulate.set_defaults(handler=cmd_simulate)
 
     fleet = sub.add_parser("fleet", help="fleet operations").add_subparsers(
@@ -482,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_desired.add_argument("--workers", type=int, default=4, help="concurrent batches")
     set_desired.add_argument("--batch-size", type=int, default=500, help="devices per batch")
     set_desired.set_defaults(handler=cmd_fleet_set_desired)
+    cli_rollouts.add_parser(fleet)
     return parser
 
 

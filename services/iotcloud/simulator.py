@@ -8,7 +8,9 @@ clientToken arrives, and until then the device resends its latest state. With
 ``burst`` each sends that many readings back to back once every device is connected (the
 ingest benchmark's load). The fleet is provisioned in one transaction, and every device
 holds its own MQTT connection (a few thousand fit in one process; connects are paced so
-the broker's accept queue never overflows).
+the broker's accept queue never overflows). With ``reject`` (a key, optionally with a value)
+each device refuses any desired version that sets that key (to that value), as SPEC §11 lets
+a device do, instead of applying it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,33 @@ from shared.mqtt import NO_DELAY, backoff_delays, parse_mqtt_url, publish_nowait
 from shared.topics import desired_topic, reported_topic
 
 _CONNECTING_AT_ONCE = 64
+_ANY = object()
+
+
+@dataclass(frozen=True)
+class RejectRule:
+    """Refuse a desired state whose top-level ``key`` is set (to ``value``, if given)."""
+
+    key: str
+    value: object = _ANY
+
+    @classmethod
+    def parse(cls, text: str) -> RejectRule:
+        """``key`` or ``key=<JSON value>`` (a value that is not JSON is taken as a string)."""
+        key, sep, raw = text.partition("=")
+        if not key:
+            raise ValueError(f"--reject-key {text!r}: expected KEY or KEY=VALUE")
+        if not sep:
+            return cls(key)
+        try:
+            return cls(key, orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            return cls(key, raw)
+
+    def refuses(self, desired: dict[str, object]) -> bool:
+        if self.key not in desired:
+            return False
+        return self.value is _ANY or desired[self.key] == self.value
 
 
 @dataclass
@@ -50,6 +79,21 @@ class DeviceState:
             {
                 "reported": state,
                 "version": self.version,
+                "clientToken": self.pending_token,
+                "seq": self.seq,
+            }
+        )
+        self.sent_at = time.monotonic()
+        return self.pending
+
+    def new_rejection(self, version: int, key: str) -> bytes:
+        """A refusal of desired ``version`` (SPEC §11); the device keeps what it applied."""
+        self.seq += 1
+        self.pending_token = f"{self.device_id}-{self.seq}"
+        self.pending = orjson.dumps(
+            {
+                "version": version,
+                "rejected": {"code": "unsupported", "message": f"cannot apply {key!r}"},
                 "clientToken": self.pending_token,
                 "seq": self.seq,
             }
@@ -99,6 +143,7 @@ async def _mqtt_device(
     counters: Counters,
     total: int,
     resend_after: float,
+    reject: RejectRule | None = None,
 ) -> None:
     device = DeviceState(device_id)
     next_delay = backoff_delays()
@@ -125,7 +170,15 @@ async def _mqtt_device(
                 if counters.connected >= total:
                     counters.all_connected.set()
                 await _mqtt_loop(
-                    client, tenant_id, device, rate, burst, apply_delay, counters, resend_after
+                    client,
+                    tenant_id,
+                    device,
+                    rate,
+                    burst,
+                    apply_delay,
+                    counters,
+                    resend_after,
+                    reject,
                 )
         except (aiomqtt.MqttError, ExceptionGroup) as exc:
             # Includes a refused login (token rotated by an operator): keep trying, slowly.
@@ -149,8 +202,10 @@ async def _mqtt_loop(
     apply_delay: float,
     counters: Counters,
     resend_after: float,
+    reject: RejectRule | None = None,
 ) -> None:
     device_id = device.device_id
+    refused_version = 0
     topic = reported_topic(tenant_id, device_id)
 
     def report_body(state: dict[str, object]) -> bytes:
@@ -207,14 +262,28 @@ async def _mqtt_loop(
             elif isinstance(body.get("desired"), dict) and isinstance(body.get("version"), int):
                 if body["version"] <= device.version and device.version > 0:
                     continue  # the retained copy of what is applied already
+                if body["version"] <= refused_version:
+                    continue  # refused already
                 counters.desired_received += 1
+                if reject is not None and reject.refuses(body["desired"]):
+                    refused_version = body["version"]
+                    rejection = device.new_rejection(body["version"], reject.key)
+                    await client.publish(topic, rejection, qos=1)
+                    counters.reports_sent += 1
+                    continue
                 device.version, device.desired = body["version"], body["desired"]
                 if apply_delay > 0:  # a real device takes a moment to apply a configuration
                     await asyncio.sleep(random.uniform(0.5, 1.5) * apply_delay)  # noqa: S311
                 await report(device.desired)
 
 
-async def _http_device(base_url: str, token: str, counters: Counters, rate: float) -> None:
+async def _http_device(
+    base_url: str,
+    token: str,
+    counters: Counters,
+    rate: float,
+    reject: RejectRule | None = None,
+) -> None:
     """Over HTTP the answer is the acknowledgement: a report that got none (an error, a 503)
     stays the device's latest and is sent again on the next round."""
     device = DeviceState(token[-8:])
@@ -227,8 +296,12 @@ async def _http_device(base_url: str, token: str, counters: Counters, rate: floa
                 shadow = (await http.get("/device/v1/shadow")).json()
                 if shadow["version"] != applied:
                     counters.desired_received += 1
-                    device.version, applied = shadow["version"], shadow["version"]
-                    device.new_report(shadow["desired"])
+                    if reject is not None and reject.refuses(shadow["desired"]):
+                        applied = shadow["version"]
+                        device.new_rejection(shadow["version"], reject.key)
+                    else:
+                        device.version, applied = shadow["version"], shadow["version"]
+                        device.new_report(shadow["desired"])
                 elif rate > 0 and time.monotonic() - last_reading > 1 / rate:
                     last_reading = time.monotonic()
                     device.new_report({"temperature_c": round(random.uniform(18, 26), 2)})  # noqa: S311
@@ -263,6 +336,7 @@ async def simulate(
     progress_every: float = 2.0,
     burst: int = 0,
     resend_after: float = 5.0,
+    reject: RejectRule | None = None,
 ) -> Counters:
     """Run ``count`` devices for ``duration`` seconds (0: until stopped, or with ``burst``
     over MQTT until every device has sent its burst); prints progress and a summary."""
@@ -277,7 +351,7 @@ async def simulate(
     async with asyncio.TaskGroup() as tasks:
         devices = [
             tasks.create_task(
-                _http_device(http_url, token, counters, rate)
+                _http_device(http_url, token, counters, rate, reject)
                 if http_url
                 else _mqtt_device(
                     target.host,
@@ -291,6 +365,7 @@ async def simulate(
                     counters,
                     count,
                     resend_after,
+                    reject,
                 ),
                 name=device_id,
             )

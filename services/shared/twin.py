@@ -21,7 +21,7 @@ from referencing.jsonschema import DRAFT202012
 JSON = Any
 """A decoded JSON value: dict, list, str, int, float, bool or None."""
 
-SyncStatus = Literal["synced", "pending", "stale"]
+SyncStatus = Literal["synced", "pending", "stale", "rejected"]
 
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 DEFAULT_MAX_STATE_BYTES = 64 * 1024
@@ -96,14 +96,24 @@ def sync_status(
     *,
     now: datetime | None = None,
     stale_after: timedelta = DEFAULT_STALE_AFTER,
+    rejected_version: int | None = None,
 ) -> SyncStatus:
-    """``stale`` if the device has not been seen within ``stale_after``; else synced/pending."""
+    """``stale`` if the device has not been seen within ``stale_after``; else ``rejected``
+    while it has refused a desired version it has not applied since (SPEC §11); else
+    synced/pending."""
     if last_seen is None:
         return "stale"
     current = now if now is not None else datetime.now(UTC)
     if current - last_seen > stale_after:
         return "stale"
+    if rejection_in_effect(rejected_version, reported_version):
+        return "rejected"
     return "synced" if reported_version >= desired_version else "pending"
+
+
+def rejection_in_effect(rejected_version: int | None, reported_version: int) -> bool:
+    """A refusal holds until the device applies that desired version or a later one."""
+    return rejected_version is not None and rejected_version > reported_version
 
 
 def in_sync(delta: dict[str, JSON], desired_version: int, reported_version: int) -> bool:
@@ -419,7 +429,7 @@ class Side:
 class HistoryEntry:
     """The history row an accepted write adds (the actor is the caller's to add)."""
 
-    kind: Literal["desired", "reported"]
+    kind: Literal["desired", "reported", "rejected"]
     version: int
     patch: dict[str, JSON]
     at: datetime
@@ -437,6 +447,8 @@ class Written:
     side: Side
     history: HistoryEntry
     schema_violations: tuple[SchemaViolation, ...] = ()
+    # Set when the report refused a desired version (SPEC §11): the twin's ``rejected``.
+    rejected: Rejection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +512,46 @@ def desired_schema_refusal(
     )
 
 
+MAX_REJECTION_MESSAGE = 1000
+MAX_REJECTION_CODE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A device's refusal of the desired version its report names (SPEC §11)."""
+
+    code: int | str
+    message: str
+
+    def as_json(self) -> dict[str, JSON]:
+        return {"code": self.code, "message": self.message}
+
+
+def parse_rejection(value: JSON) -> Rejection | Refusal:
+    """A report's ``"rejected": {"code": <int or string>, "message": "..."}``, or why not.
+
+    Every carrier calls this: the HTTP device API, native MQTT and the AWS shadow topics.
+    """
+    if not isinstance(value, dict):
+        return Refusal("malformed", '\'rejected\' must be an object {"code", "message"}')
+    unknown = set(value) - {"code", "message"}
+    if unknown:
+        return Refusal("malformed", f"unknown keys in 'rejected': {', '.join(sorted(unknown))}")
+    code, message = value.get("code"), value.get("message", "")
+    if isinstance(code, bool) or not isinstance(code, int | str):
+        return Refusal("malformed", "'rejected.code' must be an integer or a string")
+    if isinstance(code, str) and not 0 < len(code) <= MAX_REJECTION_CODE:
+        return Refusal("malformed", f"'rejected.code' must be 1 to {MAX_REJECTION_CODE} characters")
+    if isinstance(code, int) and not -(2**53) <= code <= 2**53:
+        return Refusal("malformed", "'rejected.code' is out of range")
+    if not isinstance(message, str) or len(message) > MAX_REJECTION_MESSAGE:
+        return Refusal(
+            "malformed",
+            f"'rejected.message' must be a string of at most {MAX_REJECTION_MESSAGE} characters",
+        )
+    return Rejection(code, message)
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """A device's report, parsed and limit-checked, from HTTP or MQTT alike."""
@@ -510,6 +562,8 @@ class Report:
     # The device's own count of its states (docs/devices.md): a report whose seq is not
     # above the last applied one is an older state, acknowledged but not applied.
     seq: int | None = None
+    # The report refuses desired version ``version`` (its ``reported`` may be empty).
+    rejected: Rejection | None = None
 
 
 MAX_CLIENT_TOKEN = 64
@@ -529,6 +583,14 @@ def parse_report(payload: JSON, limits: Limits) -> Report | Refusal:
     if not isinstance(payload, dict):
         return Refusal("malformed", "report must be a JSON object")
     reported, version = payload.get("reported"), payload.get("version")
+    rejected: Rejection | None = None
+    if payload.get("rejected") is not None:
+        parsed_rejection = parse_rejection(payload["rejected"])
+        if isinstance(parsed_rejection, Refusal):
+            return parsed_rejection
+        rejected = parsed_rejection
+        if reported is None:
+            reported = {}
     if not isinstance(reported, dict):
         return Refusal("malformed", "'reported' must be a JSON object")
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
@@ -548,7 +610,9 @@ def parse_report(payload: JSON, limits: Limits) -> Report | Refusal:
     refusal = limits_refusal(reported, limits, what="reported state")
     if refusal is not None:
         return refusal
-    return Report(reported=reported, version=version, client_token=client_token, seq=seq)
+    return Report(
+        reported=reported, version=version, client_token=client_token, seq=seq, rejected=rejected
+    )
 
 
 def apply_report(
@@ -574,6 +638,8 @@ def apply_report(
     verdict = check_report_version(report.version, reported.version, desired_version)
     if not verdict.accepted:
         return Refusal("version", verdict.error or "version refused")
+    if report.rejected is not None:
+        return _apply_rejection(reported, report, limits=limits, at=at, schema=schema)
     merged = merge_patch(reported.state, report.reported)
     refusal = limits_refusal(merged, limits, what="reported state")
     if refusal is not None:
@@ -585,3 +651,52 @@ def apply_report(
         HistoryEntry("reported", report.version, report.reported, at),
         violations,
     )
+
+
+def _apply_rejection(
+    reported: Side,
+    report: Report,
+    *,
+    limits: Limits,
+    at: datetime,
+    schema: dict[str, JSON] | None,
+) -> Written | Refusal:
+    """A report refusing desired version ``report.version``: the reported version stays (the
+    device did not apply it); any reported state it carries merges as usual; the history
+    entry is of kind ``rejected``."""
+    assert report.rejected is not None
+    if report.version <= reported.version:
+        return Refusal(
+            "version",
+            f"cannot reject version {report.version}: the device already reported version "
+            f"{reported.version}",
+        )
+    merged = merge_patch(reported.state, report.reported)
+    refusal = limits_refusal(merged, limits, what="reported state")
+    if refusal is not None:
+        return refusal
+    metadata = (
+        merge_metadata(reported.metadata, report.reported, version=reported.version, at=at)
+        if report.reported
+        else reported.metadata
+    )
+    violations = tuple(schema_violations(schema, merged)) if schema is not None else ()
+    patch: dict[str, JSON] = report.rejected.as_json()
+    if report.reported:
+        patch["reported"] = report.reported
+    return Written(
+        Side(merged, metadata, reported.version),
+        HistoryEntry("rejected", report.version, patch, at),
+        violations,
+        rejected=report.rejected,
+    )
+
+
+def rejected_document(rejected: JSON, reported_version: int) -> JSON:
+    """The twin's ``rejected`` (``{version, code, message, at}``) while in effect, else None."""
+    if not isinstance(rejected, dict):
+        return None
+    version = rejected.get("version")
+    if not isinstance(version, int) or not rejection_in_effect(version, reported_version):
+        return None
+    return rejected

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from shared import db
-from shared.services import events, fleet, history
+from shared.services import events, fleet, history, rollouts
 from shared.settings import Settings
 from shared.web import (
     BodyLimitMiddleware,
@@ -26,6 +26,7 @@ from shared.web import (
 from ui_iot.routes import auth, certificates, devices, models, shadows
 from ui_iot.routes import events as event_routes
 from ui_iot.routes import fleet as fleet_routes
+from ui_iot.routes import rollouts as rollout_routes
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
 _API_PREFIXES = ("customer/", "auth/", "docs", "openapi.json", "metrics", "healthz", "readyz")
@@ -49,6 +50,12 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
                 running = [
                     tasks.create_task(app.state.events.run(), name="twin-event-hub"),
                     tasks.create_task(jobs.run(), name="fleet-job-runner"),
+                    tasks.create_task(
+                        rollouts.RolloutRunner(
+                            app.state.pool, settings.database_url, limits=settings.limits
+                        ).run(),
+                        name="rollout-runner",
+                    ),
                 ]
                 if settings.history_retention_days > 0:
                     retention = history.run_retention(
@@ -83,6 +90,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     install_health(app, ready)
     app.include_router(auth.router)
     app.include_router(devices.router)
+    app.include_router(rollout_routes.router)
     app.include_router(fleet_routes.router)
     app.include_router(event_routes.router)
     app.include_router(models.router)

@@ -164,7 +164,7 @@ async def test_summary_counts(stack: Stack) -> None:
     counts = {status: 0 for status in ("synced", "pending", "stale")}
     for i in range(10_000):
         counts[expected_status(i)] += 1
-    assert response.json() == {"total": 10_000, **counts, "connected": 0}
+    assert response.json() == {"total": 10_000, **counts, "rejected": 0, "connected": 0}
 
     _, empty = await stack.tenant("viewer")
     assert (await stack.ui.get("/customer/fleet/summary", headers=empty)).json() == {
@@ -172,6 +172,7 @@ async def test_summary_counts(stack: Stack) -> None:
         "synced": 0,
         "pending": 0,
         "stale": 0,
+        "rejected": 0,
         "connected": 0,
     }
     assert (await stack.ui.get("/customer/fleet/summary")).status_code == 401
@@ -304,7 +305,8 @@ async def test_filtered_pages_and_summary_use_indexes(stack: Stack) -> None:
         # The kept counts are a few rows per tenant: a one-page table is read whole.
         assert not seq_scans(explaining.plan) - {"tenant_device_counts"}, plan_text(explaining.plan)
         # Nothing counts the whole fleet: the twins are read only as index-only ranges of the
-        # stale devices and of the stale ones among the pending.
+        # stale devices and of the stale ones among the pending; the rejecting twins (migration
+        # 018) as a range of their partial index.
         state_reads = [
             (node["Node Type"], node.get("Index Name"))
             for node in nodes(explaining.plan)
@@ -315,6 +317,7 @@ async def test_filtered_pages_and_summary_use_indexes(stack: Stack) -> None:
             ("Index Only Scan", "idx_device_state_last_seen"),
             ("Index Only Scan", "idx_device_state_pending_last_seen"),
             ("Index Only Scan", "idx_device_state_pending_last_seen"),
+            ("Index Scan", "idx_device_state_rejected"),
         ], plan_text(explaining.plan)
     finally:
         await conn.close()

@@ -59,7 +59,8 @@ async def summary_and_truth(
     summary = await fleet.summary(conn, tenant_id=tenant_id, stale_after=stale_after)
     now = await conn.fetchval("SELECT now()")
     rows = await conn.fetch(
-        """SELECT desired_version, reported_version, last_seen, connected FROM device_state
+        """SELECT desired_version, reported_version, last_seen, connected, rejected_version
+           FROM device_state
            WHERE tenant_id = $1""",
         tenant_id,
     )
@@ -70,12 +71,13 @@ async def summary_and_truth(
             row["last_seen"],
             now=now,
             stale_after=stale_after,
+            rejected_version=row["rejected_version"],
         )
         for row in rows
     )
     truth = {
         "total": len(rows),
-        **{s: statuses[s] for s in ("synced", "pending", "stale")},
+        **{s: statuses[s] for s in ("synced", "pending", "stale", "rejected")},
         "connected": sum(row["connected"] for row in rows),
     }
     return summary, truth
@@ -85,9 +87,14 @@ async def assert_exact(conn: asyncpg.Connection, tenant_id: str, **expected: int
     summary, truth = await summary_and_truth(conn, tenant_id)
     assert summary == truth, tenant_id
     if expected:
-        assert summary == {"synced": 0, "pending": 0, "stale": 0, "connected": 0, **expected}, (
-            tenant_id
-        )
+        assert summary == {
+            "synced": 0,
+            "pending": 0,
+            "stale": 0,
+            "rejected": 0,
+            "connected": 0,
+            **expected,
+        }, tenant_id
 
 
 async def test_counts_follow_creates_contacts_desired_writes_reports_and_deletes(
@@ -158,7 +165,14 @@ async def test_counts_follow_creates_contacts_desired_writes_reports_and_deletes
 
         await stack.device(admin, device_id="cnt-a9")
         api = await stack.ui.get("/customer/fleet/summary", headers=admin)
-        assert api.json() == {"total": 4, "synced": 1, "pending": 0, "stale": 3, "connected": 0}
+        assert api.json() == {
+            "total": 4,
+            "synced": 1,
+            "pending": 0,
+            "stale": 3,
+            "rejected": 0,
+            "connected": 0,
+        }
     finally:
         await conn.close()
 
@@ -391,6 +405,7 @@ async def test_stale_and_pending_follow_the_clock_without_any_write(
                 "synced": 1,
                 "pending": 1,
                 "stale": 0,
+                "rejected": 0,
                 "connected": 0,
             }
 
@@ -406,6 +421,7 @@ async def test_stale_and_pending_follow_the_clock_without_any_write(
                 "synced": 0,
                 "pending": 0,
                 "stale": 2,
+                "rejected": 0,
                 "connected": 0,
             }
             assert await conn.fetch(status_columns) == written  # no contact, no write

@@ -131,6 +131,7 @@ async def test_twin_list_profile_and_summary_follow_connects_disconnects_and_del
         "synced": 1,
         "pending": 0,
         "stale": 1,
+        "rejected": 0,
         "connected": 0,
     }
     assert await connected_truth(stack, tenant) == 0 == await connected_truth(stack, other)

@@ -3,6 +3,7 @@ import { clearToken } from '../services/api/devices';
 import { SignInPage } from '../features/auth/SignInPage';
 import { DevicePage } from '../features/devices/DevicePage';
 import { FleetPage } from '../features/devices/FleetPage';
+import { RolloutPage, RolloutsPage } from '../features/rollouts/RolloutsPage';
 import { useSignedIn } from './auth';
 import { ErrorBoundary } from './ErrorBoundary';
 import { Link, matchRoute, navigate, useLocation } from './router';
@@ -38,7 +39,7 @@ export function App() {
           IoT Cloud <span className="brand-sub">device twins</span>
         </Link>
         <nav aria-label="Main">
-          <Link to="/">Fleet</Link>
+          <Link to="/">Fleet</Link> <Link to="/rollouts">Rollouts</Link>
         </nav>
         <button type="button" className="signout" onClick={() => clearToken()}>
           Sign out
@@ -47,6 +48,8 @@ export function App() {
       <ErrorBoundary key={pathname}>
         {route.name === 'fleet' && <FleetPage />}
         {route.name === 'device' && <DevicePage deviceId={route.deviceId} />}
+        {route.name === 'rollouts' && <RolloutsPage />}
+        {route.name === 'rollout' && <RolloutPage rolloutId={route.rolloutId} />}
         {route.name === 'not-found' && (
           <main className="page">
             <h1>Page not found</h1>

@@ -33,11 +33,20 @@ export function useLocation(): { pathname: string; search: string } {
     : { pathname: location.slice(0, index), search: location.slice(index) };
 }
 
-export type Route = { name: 'fleet' } | { name: 'device'; deviceId: string } | { name: 'signin' } | { name: 'not-found' };
+export type Route =
+  | { name: 'fleet' }
+  | { name: 'device'; deviceId: string }
+  | { name: 'rollouts' }
+  | { name: 'rollout'; rolloutId: string }
+  | { name: 'signin' }
+  | { name: 'not-found' };
 
 export function matchRoute(pathname: string): Route {
   if (pathname === '/' || pathname === '') return { name: 'fleet' };
   if (pathname === '/signin') return { name: 'signin' };
+  if (pathname === '/rollouts' || pathname === '/rollouts/') return { name: 'rollouts' };
+  const rollout = /^\/rollouts\/([0-9a-fA-F-]{36})\/?$/.exec(pathname);
+  if (rollout?.[1]) return { name: 'rollout', rolloutId: rollout[1] };
   const device = /^\/devices\/([^/]+)\/?$/.exec(pathname);
   if (device?.[1]) {
     try {

@@ -10,12 +10,19 @@ from shared.db import Connection
 
 _LIST_COLUMNS = """d.device_id, d.tenant_id, d.name, d.tags, d.created_at,
        s.desired_version, s.reported_version, s.last_seen,
-       s.connected, s.connected_at, s.disconnected_at"""
+       s.connected, s.connected_at, s.disconnected_at, s.rejected_version"""
 
 # Sync status is the SQL function of migration 013; the status goes in as a constant (from
 # this fixed set, never from the request), so the planner folds the function to the one
 # predicate asked for and can use the indexes behind it.
-_STATUS_LITERALS = {"stale": "'stale'", "synced": "'synced'", "pending": "'pending'"}
+_STATUS_LITERALS = {
+    "stale": "'stale'",
+    "synced": "'synced'",
+    "pending": "'pending'",
+    "rejected": "'pending'",
+}
+# A refusal in effect (SPEC §11, migration 018) turns a pending twin into a rejected one.
+_REJECTED = "(s.rejected_version IS NOT NULL AND s.rejected_version > s.reported_version)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,10 @@ def filter_sql(
             f"twin_has_sync_status({status}, s.desired_version, s.reported_version,"
             f" s.last_seen, now() - {cutoff}::interval)"
         )
+        if device_filter.sync_status == "rejected":
+            clauses.append(_REJECTED)
+        elif device_filter.sync_status == "pending":
+            clauses.append(f"NOT {_REJECTED}")
     if device_filter.tags:
         clauses.append(f"d.tags @> {arg(device_filter.tags)}::jsonb")
     if device_filter.model_id is not None:

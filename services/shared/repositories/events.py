@@ -57,7 +57,7 @@ async def after(
     """The tenant's sequenced events after ``after_seq``, oldest first."""
     return await conn.fetch(
         """SELECT seq, device_id, kind, desired_version, reported_version, last_seen, at,
-                  connected, connected_at, disconnected_at, shadow
+                  connected, connected_at, disconnected_at, shadow, rejected_version
            FROM twin_events
            WHERE tenant_id = $1 AND seq > $2
            ORDER BY seq

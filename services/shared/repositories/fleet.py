@@ -24,7 +24,7 @@ async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -
     connected devices are a kept count too (migration 012)."""
     row = await conn.fetchrow(
         """SELECT kept.total, kept.pending - stale_pending.n AS pending, stale.n AS stale,
-                  kept.connected
+                  kept.connected, rejected.n AS rejected
            FROM (SELECT COALESCE(sum(devices), 0)::bigint AS total,
                         COALESCE(sum(pending), 0)::bigint AS pending,
                         COALESCE(sum(connected), 0)::bigint AS connected
@@ -43,7 +43,13 @@ async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -
                         + (SELECT count(*) FROM device_state
                            WHERE tenant_id = $1 AND last_seen < now() - $2::interval
                              AND twin_awaits_report(desired_version, reported_version)) AS n
-                ) AS stale_pending""",
+                ) AS stale_pending,
+                -- Refusals in effect (migration 018), a range of idx_device_state_rejected;
+                -- pending by the version rule, so the service takes them out of pending.
+                (SELECT count(*) AS n FROM device_state
+                 WHERE tenant_id = $1 AND rejected_version IS NOT NULL
+                   AND rejected_version > reported_version
+                   AND last_seen >= now() - $2::interval) AS rejected""",
         tenant_id,
         stale_after,
     )
@@ -303,12 +309,14 @@ async def record_desired_history(
     actor_type: str,
     actor_email: str | None,
     at: datetime,
+    actor_id: str | None = None,
 ) -> None:
     """One twin_history row per written device, as shared.services.history.record writes."""
     await conn.execute(
         """INSERT INTO twin_history
-               (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
-           SELECT $1, w.device_id, 'desired', $4, $5, w.version, $6, $7
+               (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at,
+                actor_id)
+           SELECT $1, w.device_id, 'desired', $4, $5, w.version, $6, $7, $8
            FROM unnest($2::text[], $3::bigint[]) AS w (device_id, version)
            ORDER BY w.device_id""",
         tenant_id,
@@ -318,4 +326,5 @@ async def record_desired_history(
         actor_email,
         patch,
         at,
+        actor_id,
     )

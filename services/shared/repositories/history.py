@@ -50,7 +50,7 @@ async def page(
 ) -> list[asyncpg.Record]:
     """One keyset page of a shadow's history ("" the classic one), newest first."""
     return await conn.fetch(
-        """SELECT id, at, kind, actor_type, actor_email, version, patch, shadow
+        """SELECT id, at, kind, actor_type, actor_email, actor_id, version, patch, shadow
            FROM twin_history
            WHERE device_id = $1 AND tenant_id = $2 AND ($3::bigint IS NULL OR id < $3)
              AND shadow = $5

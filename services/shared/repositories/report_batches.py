@@ -61,18 +61,21 @@ async def write_reported_batch(
     metadata: list[dict[str, Any] | None],
     versions: list[int | None],
     seqs: list[int | None],
-    history: list[tuple[str, str, int, dict[str, Any]]],
+    history: list[tuple[str, str, int, dict[str, Any], str]],
     actor_type: str,
     actor_email: str | None,
     at: datetime,
+    rejected: list[dict[str, Any] | None] | None = None,
 ) -> None:
     """One statement for a whole batch: each device's final reported state, every device
     marked seen, and one twin_history row per accepted report (``history``: tenant id,
     device id, version, patch), inserted (so numbered) in delivery order.
 
     A device whose reports were all rejected (``written`` false) is only marked seen, so
-    its twin and ``shadow_updated_at`` stay as they were.
+    its twin and ``shadow_updated_at`` stay as they were. ``rejected``: a device's new
+    refusal (SPEC §11, ``{version, code, message, at}``), None to keep the one it has.
     """
+    refusals = rejected if rejected is not None else [None] * len(device_ids)
     await conn.execute(
         """WITH twins AS (
                UPDATE device_state s
@@ -83,40 +86,47 @@ async def write_reported_batch(
                    reported_version =
                        CASE WHEN w.written THEN w.version ELSE s.reported_version END,
                    reported_seq = CASE WHEN w.written THEN w.seq ELSE s.reported_seq END,
+                   rejected = COALESCE(w.rejected, s.rejected),
+                   rejected_version =
+                       COALESCE((w.rejected ->> 'version')::bigint, s.rejected_version),
                    shadow_updated_at =
                        CASE WHEN w.written THEN now() ELSE s.shadow_updated_at END,
                    document_version = s.document_version + w.updates,
                    last_seen = now()
                FROM unnest($1::text[], $2::boolean[], $3::jsonb[], $4::jsonb[], $5::bigint[],
-                           $13::bigint[], $14::bigint[])
-                    AS w (device_id, written, reported, metadata, version, seq, updates)
+                           $13::bigint[], $14::bigint[], $15::jsonb[])
+                    AS w (device_id, written, reported, metadata, version, seq, updates,
+                          rejected)
                WHERE s.device_id = w.device_id)
            INSERT INTO twin_history
                (tenant_id, device_id, kind, actor_type, actor_email, version, patch, at)
-           SELECT h.tenant_id, h.device_id, 'reported', $10, $11, h.version, h.patch, $12
-           FROM unnest($6::text[], $7::text[], $8::bigint[], $9::jsonb[])
-                WITH ORDINALITY AS h (tenant_id, device_id, version, patch, n)
+           SELECT h.tenant_id, h.device_id, h.kind, $10, $11, h.version, h.patch, $12
+           FROM unnest($6::text[], $7::text[], $8::bigint[], $9::jsonb[], $16::text[])
+                WITH ORDINALITY AS h (tenant_id, device_id, version, patch, kind, n)
            ORDER BY h.n""",
         device_ids,
         written,
         reported,
         metadata,
         versions,
-        [tenant_id for tenant_id, _, _, _ in history],
-        [device_id for _, device_id, _, _ in history],
-        [version for _, _, version, _ in history],
-        [patch for _, _, _, patch in history],
+        [entry[0] for entry in history],
+        [entry[1] for entry in history],
+        [entry[2] for entry in history],
+        [entry[3] for entry in history],
         actor_type,
         actor_email,
         at,
         seqs,
         _updates(device_ids, history),
+        refusals,
+        [entry[4] for entry in history],
     )
 
 
 def _updates(
-    device_ids: list[str], history: list[tuple[str, str, int, dict[str, Any]]]
+    device_ids: list[str], history: list[tuple[str, str, int, dict[str, Any], str]]
 ) -> list[int]:
-    """Accepted reports per device: each is an update of its shadow document (SPEC §9)."""
-    counts = Counter(device_id for _, device_id, _, _ in history)
+    """Accepted reports per device: each is an update of its shadow document (SPEC §9).
+    A refusal of a desired version (SPEC §11) changes no state, so it is not one."""
+    counts = Counter(device_id for _, device_id, _, _, kind in history if kind == "reported")
     return [counts[device_id] for device_id in device_ids]

@@ -8,7 +8,7 @@ from shared.db import Connection
 
 _TWIN_COLUMNS = """s.device_id, s.tenant_id, s.desired_state, s.reported_state,
        s.desired_version, s.reported_version, s.shadow_updated_at, s.last_seen,
-       s.connected, s.connected_at, s.disconnected_at"""
+       s.connected, s.connected_at, s.disconnected_at, s.rejected, s.rejected_version"""
 
 
 # The twin with its per-leaf metadata and the device's model, for the operator API and for

@@ -108,6 +108,7 @@ async def patch_desired_many(
             actor_type=actor.type,
             actor_email=actor.email,
             at=rows[0]["now"],
+            actor_id=actor.id,
         )
         if actor.type == "user":
             # For devices on the AWS topics (SPEC §9): sent after commit by the publisher.

@@ -17,7 +17,7 @@ from shared.ids import DEVICE_ID_RE
 from shared.repositories import devices as devices_repo
 from shared.security import hash_provision_token, new_provision_token
 
-SYNC_STATUSES = ("synced", "pending", "stale")
+SYNC_STATUSES = ("synced", "pending", "stale", "rejected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,11 @@ def device_summary(row: asyncpg.Record, *, stale_after: timedelta) -> dict[str, 
         "name": row["name"],
         "tags": row["tags"],
         "sync_status": twin.sync_status(
-            row["desired_version"], row["reported_version"], last_seen, stale_after=stale_after
+            row["desired_version"],
+            row["reported_version"],
+            last_seen,
+            stale_after=stale_after,
+            rejected_version=row["rejected_version"],
         ),
         "desired_version": row["desired_version"],
         "reported_version": row["reported_version"],

@@ -170,6 +170,7 @@ def _frame(row: asyncpg.Record, *, stale_after: timedelta) -> bytes:
                 row["last_seen"],
                 now=row["at"],
                 stale_after=stale_after,
+                rejected_version=row["rejected_version"],
             ),
             "at": row["at"].isoformat(),
         }

@@ -50,11 +50,13 @@ _FILTER_KEYS = frozenset({"device_ids", "tag", "sync_status", "model_id", "q"})
 async def summary(conn: Connection, *, tenant_id: str, stale_after: timedelta) -> dict[str, int]:
     row = await fleet_repo.summary(conn, tenant_id=tenant_id, stale_after=stale_after)
     total, stale, pending = row["total"], row["stale"], row["pending"]
+    rejected = row["rejected"]
     return {
         "total": total,
         "synced": total - stale - pending,
-        "pending": pending,
+        "pending": pending - rejected,
         "stale": stale,
+        "rejected": rejected,
         "connected": row["connected"],
     }
 

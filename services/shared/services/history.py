@@ -24,10 +24,12 @@ _CURSOR = re.compile(r"[0-9]{1,19}")
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who made a twin write: an operator (by e-mail) or the device itself."""
+    """Who made a twin write: an operator (by e-mail), the device itself, or a staged
+    rollout (by its id, SPEC §11)."""
 
-    type: Literal["user", "device"]
+    type: Literal["user", "device", "rollout"]
     email: str | None = None
+    id: str | None = None
 
     @classmethod
     def user(cls, email: str) -> Actor:
@@ -37,7 +39,13 @@ class Actor:
     def device(cls) -> Actor:
         return cls("device")
 
+    @classmethod
+    def rollout(cls, rollout_id: str) -> Actor:
+        return cls("rollout", id=rollout_id)
+
     def as_json(self) -> dict[str, str]:
+        if self.type == "rollout":
+            return {"type": "rollout", "rollout_id": self.id or ""}
         return (
             {"type": "user", "email": self.email or ""}
             if self.type == "user"
@@ -71,7 +79,7 @@ async def record(
 
 
 def _item(row: asyncpg.Record) -> dict[str, Any]:
-    actor = Actor(row["actor_type"], row["actor_email"])
+    actor = Actor(row["actor_type"], row["actor_email"], row["actor_id"])
     item = {
         "id": row["id"],
         "at": row["at"].isoformat(),

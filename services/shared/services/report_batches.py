@@ -110,6 +110,8 @@ class _Twin:
     reported_schema: dict[str, JSON] | None
     reported_seq: int | None
     written: bool = False
+    # A refusal this batch recorded (SPEC §11): the twin's new ``rejected``.
+    rejected: dict[str, JSON] | None = None
 
 
 def parse_payload(payload: bytes, limits: twin.Limits) -> twin.Report | Unparsed:
@@ -186,7 +188,7 @@ async def apply_to_locked(
         for row in rows
     }
     results: list[AppliedReport] = []
-    history: list[tuple[str, str, int, dict[str, JSON]]] = []
+    history: list[tuple[str, str, int, dict[str, JSON], str]] = []
     for incoming, report in zip(reports, parsed, strict=True):
         state = twins.get(incoming.device_id)
         if state is None or state.tenant_id != incoming.tenant_id:
@@ -195,9 +197,8 @@ async def apply_to_locked(
         results.append(_apply_one(state, report, limits=limits, at=now))
         if results[-1].applied:
             assert isinstance(report, twin.Report)
-            history.append(
-                (incoming.tenant_id, incoming.device_id, report.version, report.reported)
-            )
+            entry = _history_entry(report)
+            history.append((incoming.tenant_id, incoming.device_id, report.version, *entry))
     device_ids = sorted(twins)
     await repo.write_reported_batch(
         conn,
@@ -207,12 +208,23 @@ async def apply_to_locked(
         metadata=[twins[d].metadata if twins[d].written else None for d in device_ids],
         versions=[twins[d].reported_version if twins[d].written else None for d in device_ids],
         seqs=[twins[d].reported_seq if twins[d].written else None for d in device_ids],
+        rejected=[twins[d].rejected for d in device_ids],
         history=history,
         actor_type=actor.type,
         actor_email=actor.email,
         at=now,
     )
     return results
+
+
+def _history_entry(report: twin.Report) -> tuple[dict[str, JSON], str]:
+    """The patch and kind of an applied report's history row (a refusal is its own kind)."""
+    if report.rejected is None:
+        return report.reported, "reported"
+    patch: dict[str, JSON] = report.rejected.as_json()
+    if report.reported:
+        patch["reported"] = report.reported
+    return patch, "rejected"
 
 
 def _apply_one(
@@ -247,6 +259,12 @@ def _apply_one(
     state.reported_version, state.written = written.side.version, True
     if report.seq is not None:
         state.reported_seq = report.seq
+    if written.rejected is not None:
+        state.rejected = {
+            "version": report.version,
+            **written.rejected.as_json(),
+            "at": at.isoformat(),
+        }
     violations = len(written.schema_violations)
     return AppliedReport(
         "accepted",

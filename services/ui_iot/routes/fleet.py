@@ -20,6 +20,7 @@ class FleetSummary(BaseModel):
     synced: int
     pending: int
     stale: int
+    rejected: int = Field(0, description="devices refusing a desired version (SPEC §11)")
     connected: int = Field(description="devices connected to the broker now")
 
 
@@ -38,7 +39,7 @@ _JOB_BODY = json_body_schema(
                 "properties": {
                     "device_ids": {"type": "array", "items": {"type": "string"}},
                     "tag": {"type": "string", "description": "key:value"},
-                    "sync_status": {"enum": ["synced", "pending", "stale"]},
+                    "sync_status": {"enum": ["synced", "pending", "stale", "rejected"]},
                     "model_id": {"type": "string"},
                     "q": {"type": "string", "description": "text in id or name"},
                 },

@@ -164,7 +164,11 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved, shad
         <div>
           <dt>Sync status</dt>
           <dd>
-            <SyncBadge status={twin.sync_status} live />
+            <SyncBadge
+              status={twin.sync_status}
+              live
+              message={twin.rejected ? `version ${twin.rejected.version} (${String(twin.rejected.code)}): ${twin.rejected.message}` : null}
+            />
           </dd>
         </div>
         <div>

@@ -22,7 +22,7 @@ export function HistoryEntry({ item }: { item: HistoryItem }) {
           {absoluteTime(item.at)}
         </time>
         <span className="muted">({relativeTime(item.at)})</span>
-        <span className={`history-kind history-kind--${item.kind}`}>{item.kind === 'desired' ? 'desired' : 'reported'}</span>
+        <span className={`history-kind history-kind--${item.kind}`}>{item.kind}</span>
         <span className="history-actor">
           by <strong>{who}</strong>
         </span>

@@ -24,3 +24,13 @@ describe('SyncBadge', () => {
     expect(screen.queryByRole('status')).toBeNull();
   });
 });
+
+describe('SyncBadge rejected', () => {
+  it('is red and carries the message', () => {
+    const { container } = render(<SyncBadge status="rejected" message="version 3 (E1): no space" live />);
+    const badge = container.querySelector('.sync-badge');
+    expect(badge).toHaveClass('sync-badge--rejected');
+    expect(badge).toHaveTextContent('rejectedversion 3 (E1): no space');
+    expect(badge).toHaveAttribute('title', 'The device refused the latest desired state: version 3 (E1): no space');
+  });
+});

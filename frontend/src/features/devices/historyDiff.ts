@@ -42,5 +42,6 @@ export function patchLines(patch: JsonObject, parent = ''): DiffLine[] {
 export function actorName(actor: HistoryActor | null | undefined): string {
   if (!actor) return 'unknown';
   if (actor.type === 'device') return 'device';
+  if (actor.type === 'rollout') return `rollout ${actor.rollout_id.slice(0, 8)}`;
   return actor.email || 'an operator';
 }

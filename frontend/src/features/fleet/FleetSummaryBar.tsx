@@ -22,11 +22,11 @@ export function FleetSummaryBar({ summary, onPick }: FleetSummaryBarProps) {
           <li key={status} data-count={status}>
             {onPick ? (
               <button type="button" className="summary-pick" onClick={() => onPick(status)} title={`Show only ${status} devices`}>
-                <span className="summary-count">{summary[status]}</span> <SyncBadge status={status} />
+                <span className="summary-count">{summary[status] ?? 0}</span> <SyncBadge status={status} />
               </button>
             ) : (
               <>
-                <span className="summary-count">{summary[status]}</span> <SyncBadge status={status} />
+                <span className="summary-count">{summary[status] ?? 0}</span> <SyncBadge status={status} />
               </>
             )}
           </li>
@@ -44,7 +44,7 @@ export function FleetSummaryBar({ summary, onPick }: FleetSummaryBarProps) {
       {summary.total > 0 && (
         <div className="summary-bar" aria-hidden="true">
           {SYNC_STATUSES.map((status) => (
-            <span key={status} className={`summary-bar__part summary-bar__part--${status}`} style={{ width: `${percent(summary[status], summary.total)}%` }} />
+            <span key={status} className={`summary-bar__part summary-bar__part--${status}`} style={{ width: `${percent(summary[status] ?? 0, summary.total)}%` }} />
           ))}
         </div>
       )}

@@ -20,7 +20,7 @@ const job = (overrides: Partial<FleetJob> = {}): FleetJob => ({
 describe('FleetSummaryBar', () => {
   it('shows total and per-status counts, each status as a filter shortcut', async () => {
     const onPick = vi.fn();
-    render(<FleetSummaryBar summary={{ total: 12, synced: 7, pending: 3, stale: 2, connected: 5 }} onPick={onPick} />);
+    render(<FleetSummaryBar summary={{ total: 12, synced: 7, pending: 3, stale: 1, rejected: 1, connected: 5 }} onPick={onPick} />);
     const list = screen.getByRole('list', { name: 'Fleet summary' });
     expect(list).toHaveTextContent('12 devices');
     const counts = Object.fromEntries(
@@ -28,7 +28,14 @@ describe('FleetSummaryBar', () => {
         .getAllByRole('listitem')
         .map((li) => [li.getAttribute('data-count'), li.textContent]),
     );
-    expect(counts).toEqual({ total: '12 devices', synced: '7 synced', pending: '3 pending', stale: '2 stale', connected: '5 connected' });
+    expect(counts).toEqual({
+      total: '12 devices',
+      synced: '7 synced',
+      pending: '3 pending',
+      stale: '1 stale',
+      rejected: '1 rejected',
+      connected: '5 connected',
+    });
     await userEvent.setup().click(within(list).getByTitle('Show only pending devices'));
     expect(onPick).toHaveBeenCalledWith('pending');
   });

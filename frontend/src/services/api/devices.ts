@@ -6,8 +6,16 @@ import { ApiError, request, storeToken } from './client';
 
 export { ApiError, clearToken, getToken, subscribeToAuth } from './client';
 
-export type SyncStatus = 'synced' | 'pending' | 'stale';
-export const SYNC_STATUSES: readonly SyncStatus[] = ['synced', 'pending', 'stale'];
+export type SyncStatus = 'synced' | 'pending' | 'stale' | 'rejected';
+export const SYNC_STATUSES: readonly SyncStatus[] = ['synced', 'pending', 'stale', 'rejected'];
+
+/** A device's refusal of a desired version, while in effect (SPEC §11). */
+export interface Rejection {
+  version: number;
+  code: number | string;
+  message: string;
+  at: string;
+}
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | JsonObject;
 export interface JsonObject {
@@ -64,6 +72,8 @@ export interface Twin {
   connected_at: string | null;
   disconnected_at: string | null;
   metadata?: { desired: unknown; reported: unknown };
+  /** The refusal in effect, or null (SPEC §11). */
+  rejected?: Rejection | null;
 }
 
 export interface TwinDelta {
@@ -80,6 +90,8 @@ export interface FleetSummary {
   synced: number;
   pending: number;
   stale: number;
+  /** Devices refusing a desired version (SPEC §11). */
+  rejected?: number;
   /** Devices connected to the broker now. */
   connected: number;
 }
@@ -124,13 +136,13 @@ export interface ModelPage {
   next: string | null;
 }
 
-export type HistoryActor = { type: 'user'; email: string } | { type: 'device' };
+export type HistoryActor = { type: 'user'; email: string } | { type: 'device' } | { type: 'rollout'; rollout_id: string };
 
 export interface HistoryItem {
   id: number;
   /** ISO 8601. */
   at: string;
-  kind: 'desired' | 'reported';
+  kind: 'desired' | 'reported' | 'rejected';
   actor: HistoryActor;
   version: number;
   /** The merge patch (desired) or the report (reported) that was accepted. */
