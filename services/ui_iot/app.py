@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from shared import db
-from shared.services import events, fleet, history
+from shared.services import audit, events, fleet, history, sessions
 from shared.settings import Settings
 from shared.web import (
     BodyLimitMiddleware,
@@ -23,9 +23,10 @@ from shared.web import (
     install_health,
     install_metrics,
 )
-from ui_iot.routes import auth, devices, models
+from ui_iot.routes import admin, auth, devices, models
 from ui_iot.routes import events as event_routes
 from ui_iot.routes import fleet as fleet_routes
+from ui_iot.session import SecurityHeadersMiddleware
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
 _API_PREFIXES = ("customer/", "auth/", "docs", "openapi.json", "metrics", "healthz", "readyz")
@@ -38,6 +39,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
             settings.database_url, application_name="ui_iot", max_size=settings.pool_max_size
         )
         app.state.events = events.EventHub(app.state.pool, settings.database_url)
+        app.state.user_states = sessions.UserStates(app.state.pool, settings.database_url)
         jobs = fleet.JobRunner(
             app.state.pool,
             settings.database_url,
@@ -49,7 +51,15 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
                 running = [
                     tasks.create_task(app.state.events.run(), name="twin-event-hub"),
                     tasks.create_task(jobs.run(), name="fleet-job-runner"),
+                    tasks.create_task(app.state.user_states.run(), name="user-states"),
                 ]
+                if settings.audit_retention_days > 0:
+                    audit_retention = audit.run_retention(
+                        app.state.pool,
+                        retention_days=settings.audit_retention_days,
+                        interval=timedelta(hours=1),
+                    )
+                    running.append(tasks.create_task(audit_retention, name="audit-retention"))
                 if settings.history_retention_days > 0:
                     retention = history.run_retention(
                         app.state.pool,
@@ -74,6 +84,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=4 * settings.limits.max_state_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     install_error_handlers(app)
     install_metrics(app, service="ui_iot")
 
@@ -86,6 +97,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     app.include_router(fleet_routes.router)
     app.include_router(event_routes.router)
     app.include_router(models.router)
+    app.include_router(admin.router)
     _serve_console(app, console_dir)
     return app
 
