@@ -32,6 +32,7 @@ from tests.support import (  # noqa: E402
     SERVICE_JWT_SECRET,
     Broker,
     ServiceProcess,
+    add_operator,
     build_template,
     drop_template,
     free_port,
@@ -93,6 +94,7 @@ class Scratch:
                 "INSERT INTO tenants (tenant_id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING",
                 tenant_id,
             )
+            await add_operator(conn, tenant_id)
         finally:
             await conn.close()
 

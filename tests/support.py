@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -245,10 +247,30 @@ class ServiceProcess:
 SERVICE_JWT_SECRET = "test-secret-for-service-processes-0123456789"
 
 
+def operator_user_id(tenant_id: str, role: str) -> int:
+    """The id of :func:`add_operator`'s user: far above the ids PostgreSQL hands out."""
+    digest = hashlib.sha256(f"{tenant_id}/{role}".encode()).digest()
+    return 2**40 + int.from_bytes(digest[:4], "big")
+
+
+async def add_operator(conn: Any, tenant_id: str, *, role: str = "admin") -> None:
+    """The user :func:`operator_headers` speaks for (a token must name a user that exists)."""
+    await conn.execute(
+        """INSERT INTO users (user_id, tenant_id, email, password_hash, role)
+           OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, 'no password', $4)
+           ON CONFLICT DO NOTHING""",
+        operator_user_id(tenant_id, role),
+        tenant_id,
+        f"{role}@{tenant_id}.test",
+        role,
+    )
+
+
 def operator_headers(tenant_id: str, *, role: str = "admin") -> dict[str, str]:
-    """Bearer headers for service processes started by :class:`ServiceProcess`."""
+    """Bearer headers for service processes started by :class:`ServiceProcess`, for the user
+    :func:`add_operator` adds."""
     from shared.security import Principal, issue_token
 
-    who = Principal(1, f"{role}@{tenant_id}.test", tenant_id, role)  # type: ignore[arg-type]
+    who = Principal(operator_user_id(tenant_id, role), f"{role}@{tenant_id}.test", tenant_id, role)  # type: ignore[arg-type]
     token = issue_token(who, secret=SERVICE_JWT_SECRET, ttl_s=3600)
     return {"Authorization": f"Bearer {token}"}

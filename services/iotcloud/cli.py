@@ -27,6 +27,7 @@ _JOB_COUNTS = ("job_id", "status", "matched", "written", "synced", "skipped", "f
 DEFAULT_BROKER_PORT = 1884
 DEFAULT_BROKER_TLS_PORT = 8883
 DEFAULT_BROKER_CERT_PORT = 8884
+MAX_TOKEN_TTL_S = 30 * 24 * 3600
 
 
 class CliError(Exception):
@@ -107,6 +108,9 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value).decode() + "\n")
 
 
+print_json = _print_json
+
+
 async def _with_conn(work: Callable[[Any], Awaitable[Any]]) -> Any:
     conn = await db.connect(database_url(), application_name="iotcloud-cli")
     try:
@@ -172,10 +176,16 @@ async def cmd_token(args: argparse.Namespace) -> None:
     from shared.repositories import users
     from shared.security import Principal, issue_token
 
+    if not 1 <= args.ttl <= MAX_TOKEN_TTL_S:
+        raise CliError(f"--ttl must be from 1 to {MAX_TOKEN_TTL_S} seconds")
     user = await _with_conn(lambda conn: users.by_email(conn, args.email))
     if user is None:
         raise CliError(f"no user with e-mail {args.email!r}")
-    who = Principal(user["user_id"], user["email"], user["tenant_id"], user["role"])
+    if user["disabled"]:
+        raise CliError(f"user {args.email!r} is disabled")
+    who = Principal(
+        user["user_id"], user["email"], user["tenant_id"], user["role"], user["token_version"]
+    )
     print(issue_token(who, secret=jwt_secret(), ttl_s=args.ttl))
 
 
@@ -487,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     set_desired.add_argument("--batch-size", type=int, default=500, help="devices per batch")
     set_desired.set_defaults(handler=cmd_fleet_set_desired)
     cli_rollouts.add_parser(fleet)
+
+    from iotcloud import cli_admin
+
+    cli_admin.register(user, tenant)
     return parser
 
 

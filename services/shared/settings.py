@@ -112,6 +112,12 @@ class Settings:
     # The AWS topic tree ($aws/...); off only for the in-process fallback broker, which
     # refuses every topic that starts with "$" (MQTT-4.7.2-1).
     aws_topics: bool = True
+    min_password_length: int = 10
+    audit_retention_days: int = 365
+    # Failed sign-ins allowed per account, and per client address, before a lock-out.
+    sign_in_account_failures: int = 5
+    sign_in_ip_failures: int = 20
+    sign_in_lockout_s: int = 60
 
     @classmethod
     def from_env(cls, *, application: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -130,8 +136,11 @@ class Settings:
                 "IOTCLOUD_JWT_SECRET is missing or the default; set a long random secret "
                 "(or IOTCLOUD_DEV=1 for local development only)"
             )
-        if not dev_mode and len(secret) < 32:
-            raise SettingsError("IOTCLOUD_JWT_SECRET must be at least 32 characters")
+        keys = [part.strip() for part in secret.split(",")]
+        if secret and not all(keys):
+            raise SettingsError("IOTCLOUD_JWT_SECRET has an empty key (keys are comma-separated)")
+        if not dev_mode and any(len(key) < 32 for key in keys):
+            raise SettingsError("IOTCLOUD_JWT_SECRET: every key must be at least 32 characters")
         database_url = env.get("DATABASE_URL", "")
         if not database_url:
             raise SettingsError("DATABASE_URL is not set")
@@ -166,6 +175,13 @@ class Settings:
             shadow_rps=env_int("IOTCLOUD_SHADOW_RPS", 20, environ=env),
             aws_topics=env.get("IOTCLOUD_AWS_TOPICS", "1").strip().lower()
             not in {"0", "false", "no"},
+            min_password_length=env_int("IOTCLOUD_MIN_PASSWORD_LENGTH", 10, environ=env),
+            audit_retention_days=env_int(
+                "IOTCLOUD_AUDIT_RETENTION_DAYS", 365, minimum=0, environ=env
+            ),
+            sign_in_account_failures=env_int("IOTCLOUD_SIGN_IN_ACCOUNT_FAILURES", 5, environ=env),
+            sign_in_ip_failures=env_int("IOTCLOUD_SIGN_IN_IP_FAILURES", 20, environ=env),
+            sign_in_lockout_s=env_int("IOTCLOUD_SIGN_IN_LOCKOUT_S", 60, environ=env),
         )
 
 

@@ -18,6 +18,8 @@ import referencing.exceptions
 from jsonschema import Draft202012Validator
 from referencing.jsonschema import DRAFT202012
 
+from shared import safe_regex
+
 JSON = Any
 """A decoded JSON value: dict, list, str, int, float, bool or None."""
 
@@ -366,8 +368,11 @@ def check_schema(schema: JSON, *, where: str = "") -> list[SchemaViolation]:
     prefix = [where] if where else []
     if not isinstance(schema, dict):
         return [SchemaViolation(json_pointer(prefix), "type", "a schema must be a JSON object")]
+    violations = _pattern_violations(schema, prefix)
+    if violations:
+        return violations
     meta = Draft202012Validator(
-        Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+        Draft202012Validator.META_SCHEMA, format_checker=safe_regex.FORMAT_CHECKER
     )
     violations = _sorted_violations(meta.iter_errors(schema), prefix)
     if violations:
@@ -391,9 +396,45 @@ def check_schema(schema: JSON, *, where: str = "") -> list[SchemaViolation]:
     return sorted(violations, key=lambda v: v.pointer)[:MAX_SCHEMA_ERRORS]
 
 
+def _pattern_violations(schema: JSON, prefix: Iterable[str | int]) -> list[SchemaViolation]:
+    """Patterns RE2 cannot run (``shared.safe_regex``), and the one keyword combination that
+    would still reach Python's backtracking ``re``."""
+    violations: list[SchemaViolation] = []
+    stack: list[tuple[JSON, list[str | int]]] = [(schema, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            patterns: list[tuple[str, list[str | int]]] = []
+            if isinstance(node.get("pattern"), str):
+                patterns.append((node["pattern"], [*path, "pattern"]))
+            if isinstance(node.get("patternProperties"), dict):
+                patterns += [
+                    (key, [*path, "patternProperties"]) for key in node["patternProperties"]
+                ]
+            for pattern, where in patterns:
+                try:
+                    safe_regex.compile_pattern(pattern)
+                except safe_regex.PatternError as exc:
+                    violations.append(
+                        SchemaViolation(json_pointer([*prefix, *where]), "format", str(exc)[:500])
+                    )
+            stack.extend((value, [*path, key]) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, [*path, index]) for index, child in enumerate(node))
+    for unsafe in safe_regex.unsafe_keywords(schema):
+        violations.append(
+            SchemaViolation(
+                json_pointer([*prefix, *unsafe]),
+                "unevaluatedProperties",
+                "unevaluatedProperties cannot be combined with patternProperties here",
+            )
+        )
+    return sorted(violations, key=lambda v: v.pointer)[:MAX_SCHEMA_ERRORS]
+
+
 @lru_cache(maxsize=256)
 def _validator(schema_json: bytes) -> Any:
-    return Draft202012Validator(orjson.loads(schema_json))
+    return safe_regex.SafeValidator(orjson.loads(schema_json))
 
 
 def schema_violations(schema: JSON, document: JSON) -> list[SchemaViolation]:

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from shared import db
-from shared.services import events, fleet, history, rollouts
+from shared.services import audit, events, fleet, history, rollouts, sessions
 from shared.settings import Settings
 from shared.web import (
     BodyLimitMiddleware,
@@ -23,10 +23,11 @@ from shared.web import (
     install_health,
     install_metrics,
 )
-from ui_iot.routes import auth, certificates, devices, models, shadows
+from ui_iot.routes import admin, auth, certificates, devices, models, shadows
 from ui_iot.routes import events as event_routes
 from ui_iot.routes import fleet as fleet_routes
 from ui_iot.routes import rollouts as rollout_routes
+from ui_iot.session import SecurityHeadersMiddleware
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
 _API_PREFIXES = ("customer/", "auth/", "docs", "openapi.json", "metrics", "healthz", "readyz")
@@ -39,6 +40,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
             settings.database_url, application_name="ui_iot", max_size=settings.pool_max_size
         )
         app.state.events = events.EventHub(app.state.pool, settings.database_url)
+        app.state.user_states = sessions.UserStates(app.state.pool, settings.database_url)
         jobs = fleet.JobRunner(
             app.state.pool,
             settings.database_url,
@@ -56,7 +58,15 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
                         ).run(),
                         name="rollout-runner",
                     ),
+                    tasks.create_task(app.state.user_states.run(), name="user-states"),
                 ]
+                if settings.audit_retention_days > 0:
+                    audit_retention = audit.run_retention(
+                        app.state.pool,
+                        retention_days=settings.audit_retention_days,
+                        interval=timedelta(hours=1),
+                    )
+                    running.append(tasks.create_task(audit_retention, name="audit-retention"))
                 if settings.history_retention_days > 0:
                     retention = history.run_retention(
                         app.state.pool,
@@ -81,6 +91,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=4 * settings.limits.max_state_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     install_error_handlers(app)
     install_metrics(app, service="ui_iot")
 
@@ -96,6 +107,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     app.include_router(models.router)
     app.include_router(certificates.router)
     app.include_router(shadows.router)
+    app.include_router(admin.router)
     _serve_console(app, console_dir)
     return app
 

@@ -15,8 +15,10 @@ from shared.db import Connection
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.ids import is_device_id
 from shared.security import InvalidToken, Principal, Role, role_at_least, verify_token
+from shared.services.sessions import UserStates
 from shared.settings import Settings
 from shared.web import app_settings
+from ui_iot import session
 
 
 # Dependencies are ``async def`` even when they await nothing: FastAPI runs a plain ``def``
@@ -54,7 +56,12 @@ class Caller(SecurityBase):
     a chain (bearer credentials, token, role, device id), as FastAPI resolving each layer
     was a tenth of a read's cost. To OpenAPI it is the ``HTTPBearer`` scheme.
 
-    401 for a missing, malformed, forged or expired token; 403 for a role too low; then 404
+    The token comes from the ``Authorization`` header (scripts) or else the console's session
+    cookie, which a write must back with its CSRF header (``ui_iot.session``).
+
+    401 for a missing, malformed, forged, expired or revoked token (its user disabled or
+    deleted, its password changed); 403 for a role too low (the user's role now, not when
+    the token was issued) or a cookie-authenticated write without its CSRF token; then 404
     for a ``{device_id}`` in the path that no device can have (e.g. with a NUL byte, which
     PostgreSQL text cannot hold), checked after authentication so it reveals nothing.
     """
@@ -65,14 +72,26 @@ class Caller(SecurityBase):
         self.minimum = minimum
 
     async def __call__(self, request: Request) -> Principal:
+        secret: str = request.app.state.settings.jwt_secret
         scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+        from_cookie = False
         if not token or scheme.lower() != "bearer":
-            raise Unauthorized("missing bearer token")
+            token = request.cookies.get(session.SESSION_COOKIE, "")
+            if not token:
+                raise Unauthorized("missing bearer token")
+            from_cookie = True
         try:
-            secret: str = request.app.state.settings.jwt_secret
             who = verify_token(token, secret=secret)
         except InvalidToken as exc:
             raise Unauthorized("invalid or expired token") from exc
+        states: UserStates = request.app.state.user_states
+        known = states.current(who)
+        current = await states.check(who) if known is False else known
+        if current is None:
+            raise Unauthorized("this token has been revoked; sign in again")
+        who = current  # type: ignore[assignment]
+        if from_cookie and request.method not in session.SAFE_METHODS:
+            session.require_csrf(request, token, secret=secret)
         if not role_at_least(who.role, self.minimum):
             raise Forbidden(f"this needs the {self.minimum} role; you are {who.role}")
         device_id = request.path_params.get("device_id")
@@ -91,3 +110,12 @@ Admin = Annotated[Principal, Depends(Caller("admin"))]
 Conn = Annotated[Connection, Depends(connection, scope="function")]
 AppSettings = Annotated[Settings, Depends(settings)]
 Pool = Annotated[asyncpg.Pool, Depends(pool)]
+
+
+async def client_ip(request: Request) -> str | None:
+    """The peer's address (a proxy in front must pass the client's on as the peer, e.g.
+    uvicorn's --proxy-headers with --forwarded-allow-ips)."""
+    return request.client.host if request.client else None
+
+
+ClientIp = Annotated[str | None, Depends(client_ip)]

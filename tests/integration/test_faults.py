@@ -28,6 +28,7 @@ from shared.topics import desired_topic, reported_topic
 from tests.support import (
     Broker,
     ServiceProcess,
+    add_operator,
     eventually,
     free_port,
     operator_headers,
@@ -41,6 +42,7 @@ async def provision(database_url: str, mqtt_url: str, count: int) -> tuple[str, 
     conn = await db.connect(database_url, application_name="tests")
     try:
         await tenants.insert(conn, tenant_id, tenant_id)
+        await add_operator(conn, tenant_id)
     finally:
         await conn.close()
     devices = await create_devices(

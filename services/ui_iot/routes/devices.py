@@ -15,11 +15,11 @@ from shared.db import transaction
 from shared.errors import NotFound, PreconditionFailed, Unprocessable
 from shared.ids import DEVICE_ID_PATTERN, MODEL_ID_PATTERN, parse_bigint_id
 from shared.repositories import devices as devices_repo
-from shared.services import device_batches, device_profiles, devices, history, twins
+from shared.services import audit, device_batches, device_profiles, devices, history, twins
 from shared.services.history import Actor
 from shared.services.twin_reads import TwinReads
 from shared.web import ORJSONResponse, StorableJSONRoute, app_settings, json_body, json_body_schema
-from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Operator, Pool, Viewer
+from ui_iot.deps import VIEWER, Admin, AppSettings, ClientIp, Conn, Operator, Pool, Viewer
 
 
 @asynccontextmanager
@@ -194,11 +194,12 @@ async def list_devices(
 
 
 @router.post("", status_code=201, response_model=DeviceCreated)
-async def create_device(body: DeviceCreate, who: Admin, pool: Pool) -> dict[str, str]:
+async def create_device(body: DeviceCreate, who: Admin, pool: Pool, ip: ClientIp) -> dict[str, str]:
     async with transaction(pool) as conn:
         created = await devices.create_device(
             conn, tenant_id=who.tenant_id, device_id=body.device_id, name=body.name
         )
+        await audit.record(conn, who, "device.create", created.device_id, {}, ip)
     return created.as_json()
 
 
@@ -217,7 +218,9 @@ async def create_device(body: DeviceCreate, who: Admin, pool: Pool) -> dict[str,
         },
     },
 )
-async def create_device_batch(body: DeviceBatch, who: Admin, pool: Pool) -> dict[str, Any]:
+async def create_device_batch(
+    body: DeviceBatch, who: Admin, pool: Pool, ip: ClientIp
+) -> dict[str, Any]:
     """Register up to 1000 devices in one transaction, all or nothing; each token is shown
     once, in entry order."""
     specs = [
@@ -228,6 +231,14 @@ async def create_device_batch(body: DeviceBatch, who: Admin, pool: Pool) -> dict
     ]
     async with transaction(pool) as conn:
         created = await device_batches.create_devices(conn, tenant_id=who.tenant_id, specs=specs)
+        await audit.record(
+            conn,
+            who,
+            "device.create_batch",
+            f"{len(created)} devices",
+            {"device_ids": [device.device_id for device in created[:100]], "count": len(created)},
+            ip,
+        )
     return {"items": [device.as_json() for device in created]}
 
 
@@ -252,11 +263,18 @@ async def get_device(
     },
 )
 async def update_device(
-    device_id: str, body: DevicePatch, who: Admin, conn: Conn, settings: AppSettings
+    device_id: str,
+    body: DevicePatch,
+    who: Admin,
+    conn: Conn,
+    settings: AppSettings,
+    ip: ClientIp,
 ) -> dict[str, Any]:
     """Rename, merge tags, set or clear the device model. Returns the device with `model_id`."""
     if "name" in body.model_fields_set and body.name is None:
         raise Unprocessable("name cannot be null")
+    changed = body.model_dump(mode="json", exclude_unset=True)
+    await audit.record(conn, who, "device.update", device_id, changed, ip)
     return await device_profiles.update_device(
         conn,
         tenant_id=who.tenant_id,
@@ -270,18 +288,20 @@ async def update_device(
 
 
 @router.delete("/{device_id}", status_code=204)
-async def delete_device(device_id: str, who: Admin, pool: Pool) -> Response:
+async def delete_device(device_id: str, who: Admin, pool: Pool, ip: ClientIp) -> Response:
     """The broker cuts the device's session when the deletion commits (it LISTENs)."""
     async with transaction(pool) as conn:
         await devices.delete_device(conn, tenant_id=who.tenant_id, device_id=device_id)
+        await audit.record(conn, who, "device.delete", device_id, {}, ip)
     return Response(status_code=204)
 
 
 @router.post("/{device_id}/provision-token", response_model=TokenRotated)
-async def rotate_token(device_id: str, who: Admin, pool: Pool) -> dict[str, str]:
+async def rotate_token(device_id: str, who: Admin, pool: Pool, ip: ClientIp) -> dict[str, str]:
     """The old token stops working at commit; the broker cuts a session that used it."""
     async with transaction(pool) as conn:
         token = await devices.rotate_token(conn, tenant_id=who.tenant_id, device_id=device_id)
+        await audit.record(conn, who, "device.rotate_token", device_id, {}, ip)
     return {"provision_token": token}
 
 

@@ -6,41 +6,41 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from shared.errors import Forbidden, Unauthorized
-from shared.security import InvalidToken, Principal, decode_token, role_at_least
+from shared.errors import Unauthorized
+from shared.security import InvalidToken, Principal, verify_token
 from shared.services import events
+from shared.services.sessions import until_revoked
 from shared.web import StorableJSONRoute
-from ui_iot.deps import AppSettings, Pool
+from ui_iot.deps import VIEWER, AppSettings, Pool
 
 router = APIRouter(route_class=StorableJSONRoute, prefix="/customer", tags=["events"])
 
-_bearer = HTTPBearer(auto_error=False)
 
-
-def stream_principal(
+async def stream_principal(
+    request: Request,
     settings: AppSettings,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     access_token: Annotated[
         str | None,
         Query(
             max_length=4096,
-            description="the bearer token, for clients that cannot send headers (EventSource)",
+            description="the bearer token, for scripts whose client cannot send headers; the "
+            "console's EventSource is signed in by its session cookie",
         ),
     ] = None,
 ) -> Principal:
-    """The bearer header, or else ``?access_token=``, validated exactly alike."""
-    token = credentials.credentials if credentials is not None else access_token
-    if not token:
-        raise Unauthorized("missing bearer token")
-    try:
-        who = decode_token(token, secret=settings.jwt_secret)
-    except InvalidToken as exc:
-        raise Unauthorized("invalid or expired token") from exc
-    if not role_at_least(who.role, "viewer"):
-        raise Forbidden(f"this needs the viewer role; you are {who.role}")
-    return who
+    """The bearer header or the session cookie (as every call), or else ``?access_token=``,
+    validated exactly alike, revocation included."""
+    if access_token and "Authorization" not in request.headers:
+        try:
+            who = verify_token(access_token, secret=settings.jwt_secret)
+        except InvalidToken as exc:
+            raise Unauthorized("invalid or expired token") from exc
+        current = await request.app.state.user_states.check(who)
+        if current is None:
+            raise Unauthorized("this token has been revoked; sign in again")
+        return current  # type: ignore[no-any-return]
+    return await VIEWER(request)
 
 
 @router.get(
@@ -71,12 +71,17 @@ async def stream_events(
     resume_from = events.parse_last_event_id(last_event_id or after)
     hub: events.EventHub = request.app.state.events
     return StreamingResponse(
-        events.stream(
-            hub,
-            pool,
-            tenant_id=who.tenant_id,
-            last_event_id=resume_from,
-            stale_after=settings.stale_after,
+        # Ends when the user is disabled or deleted or their password changes.
+        until_revoked(
+            events.stream(
+                hub,
+                pool,
+                tenant_id=who.tenant_id,
+                last_event_id=resume_from,
+                stale_after=settings.stale_after,
+            ),
+            request.app.state.user_states,
+            who,
         ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

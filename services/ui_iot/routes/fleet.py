@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from shared.services import fleet
+from shared.services import audit, fleet
 from shared.web import StorableJSONRoute, json_body, json_body_schema
-from ui_iot.deps import AppSettings, Conn, Operator, Viewer
+from ui_iot.deps import AppSettings, ClientIp, Conn, Operator, Viewer
 from ui_iot.routes.shadow_fleet import shadow_summary
 
 router = APIRouter(route_class=StorableJSONRoute, prefix="/customer/fleet", tags=["fleet"])
@@ -65,12 +65,15 @@ async def summary(
 
 @router.post("/desired", status_code=202, response_model=JobQueued, openapi_extra=_JOB_BODY)
 async def queue_desired_job(
-    request: Request, who: Operator, conn: Conn, settings: AppSettings
+    request: Request, who: Operator, conn: Conn, settings: AppSettings, ip: ClientIp
 ) -> dict[str, str]:
     """Queue one merge patch for every device the filter matches; poll the job for progress."""
     job_request = fleet.parse_job_request(await json_body(request), settings.limits)
     job_id = await fleet.create_job(
         conn, tenant_id=who.tenant_id, request=job_request, created_by=who.email
+    )
+    await audit.record(
+        conn, who, "bulk_job.create", job_id, {"filter": job_request.filter_document}, ip
     )
     return {"job_id": job_id}
 

@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import NotFound, Unprocessable
 from shared.ids import MODEL_ID_PATTERN, is_model_id
-from shared.services import models
+from shared.services import audit, models
 from shared.web import StorableJSONRoute
-from ui_iot.deps import Admin, AppSettings, Conn, Viewer
+from ui_iot.deps import Admin, AppSettings, ClientIp, Conn, Viewer
 
 router = APIRouter(route_class=StorableJSONRoute, prefix="/customer/models", tags=["models"])
 
@@ -66,9 +66,10 @@ class ModelPage(BaseModel):
     },
 )
 async def create_model(
-    body: ModelCreate, who: Admin, conn: Conn, settings: AppSettings
+    body: ModelCreate, who: Admin, conn: Conn, settings: AppSettings, ip: ClientIp
 ) -> dict[str, Any]:
     """Create a model. Its id is unique within the tenant; to change it, use PUT."""
+    await audit.record(conn, who, "model.create", body.model_id, {}, ip)
     return await models.create_model(
         conn,
         tenant_id=who.tenant_id,
@@ -117,11 +118,13 @@ async def replace_model(
     who: Admin,
     conn: Conn,
     settings: AppSettings,
+    ip: ClientIp,
 ) -> dict[str, Any]:
     """Replace a model's schemas. Refused (409) if any of its devices' current desired state
     breaks the new desired_schema; the reported_schema may change freely."""
     if not is_model_id(model_id):
         raise NotFound(f"model {model_id!r} not found")
+    await audit.record(conn, who, "model.update", model_id, {}, ip)
     return await models.replace_schemas(
         conn,
         tenant_id=who.tenant_id,
