@@ -15,6 +15,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,10 +89,35 @@ def _run_as() -> str | None:
     raise EmbeddedError("running as root and no unprivileged user to run PostgreSQL as")
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``host:port`` (a bind test, as PostgreSQL will bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 @dataclass(frozen=True)
 class EmbeddedPostgres:
+    """The checkout's PostgreSQL under ``home/pg``.
+
+    ``port`` is where it starts. With ``fixed_port`` (``IOTCLOUD_PG_PORT`` set) a taken port
+    is an error naming the port and the setting; without, a free port is picked and
+    remembered in ``home/pg/port`` for every later command.
+    """
+
     home: Path
     port: int
+    fixed_port: bool = True
 
     @property
     def root(self) -> Path:
@@ -144,7 +170,9 @@ class EmbeddedPostgres:
                 "--encoding=UTF8",
                 "--no-instructions",
             )
+        port = self.port
         if not self.running():
+            port = self._start_port()
             log_file = self.root / "postgres.log"
             result = self._cmd(
                 "pg_ctl",
@@ -156,17 +184,49 @@ class EmbeddedPostgres:
                 "-t",
                 "60",
                 "-o",
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 "
                 "-c max_connections=200 -c fsync=on",
                 "start",
                 check=False,
             )
             if result.returncode != 0 and not self.running():
+                reason = " ".join(result.stderr.split()) or "no reason given"
                 raise EmbeddedError(
-                    f"embedded PostgreSQL did not start: {result.stderr.strip()}\n(log: {log_file})"
+                    f"embedded PostgreSQL did not start on port {port}: {reason} (log: {log_file})"
                 )
         self._ensure_database(self._listening_port())
         return self.url
+
+    @property
+    def port_file(self) -> Path:
+        return self.root / "port"
+
+    def remembered_port(self) -> int | None:
+        try:
+            return int(self.port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _start_port(self) -> int:
+        """The port to start on: ``self.port`` if free; else a taken fixed port is an error
+        and a default one is swapped for a free port, remembered under ``home/pg``."""
+        if port_free(self.port):
+            chosen = self.port
+        elif self.fixed_port:
+            raise EmbeddedError(
+                f"embedded PostgreSQL cannot use port {self.port}: another program listens "
+                "there; set IOTCLOUD_PG_PORT to a free port (or unset it to pick one)"
+            )
+        else:
+            chosen = free_port()
+            print(
+                f"iotcloud: port {self.port} is taken; the embedded PostgreSQL uses port "
+                f"{chosen} (remembered in {self.port_file}; IOTCLOUD_PG_PORT sets one)",
+                file=sys.stderr,
+            )
+        if chosen != self.remembered_port():
+            self.port_file.write_text(f"{chosen}\n")
+        return chosen
 
     def _listening_port(self) -> int:
         """The port the running server took, which wins over ``self.port`` if it differs
@@ -196,6 +256,20 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self.running():
             self._cmd("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+
+def broker_user() -> str:
+    """Who Mosquitto runs as (its ``user`` option): ourselves, or when we are root an
+    unprivileged user that exists, ``mosquitto`` (Debian's package makes it) or ``nobody``."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    for name in ("mosquitto", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    return "root"
 
 
 def find_mosquitto() -> str | None:
@@ -265,7 +339,17 @@ class EmbeddedBroker:
             )
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(exist_ok=True)
-        user = pwd.getpwuid(os.geteuid()).pw_name
+        user = broker_user()
+        if os.geteuid() == 0 and user != "root":
+            # Mosquitto drops to this user after reading its config: it must be able to
+            # reach and write its persistence directory (and read nothing else of ours).
+            entry = pwd.getpwnam(user)
+            for path in (self.home, self.root):
+                path.chmod(path.stat().st_mode | 0o711)
+            os.chown(self.root / "data", entry.pw_uid, entry.pw_gid)
+            (self.root / "data").chmod(0o700)
+            for stored in (self.root / "data").iterdir():
+                os.chown(stored, entry.pw_uid, entry.pw_gid)
         lines = [
             "# Written by iotcloud at every start; edits are overwritten.",
             f"user {user}",
