@@ -14,6 +14,7 @@ import pwd
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -272,6 +273,17 @@ def broker_user() -> str:
     return "root"
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether every directory from / down to ``path`` lets other users through."""
+    for directory in [path, *path.parents]:
+        try:
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def find_mosquitto() -> str | None:
     """The mosquitto binary, when installed."""
     return shutil.which("mosquitto") or next(
@@ -329,6 +341,32 @@ class EmbeddedBroker:
         user = quote(SERVICE_USER, safe="")
         return f"mqtt://{user}:{quote(self.service_password(), safe='')}@127.0.0.1:{self.port}"
 
+    def _hand_over(self, user: str, tls: TlsFiles | None) -> tuple[Path | None, Path | None]:
+        """Give ``user`` its persistence directory and a copy of the TLS certificate and key
+        (Mosquitto reads them after dropping privileges); returns the copies' paths."""
+        entry = pwd.getpwnam(user)
+        data = self.root / "data"
+        os.chown(data, entry.pw_uid, entry.pw_gid)
+        data.chmod(0o700)
+        for stored in data.iterdir():
+            os.chown(stored, entry.pw_uid, entry.pw_gid)
+        if tls is None:
+            return None, None
+        private = self.root / "tls"
+        private.mkdir(exist_ok=True)
+        os.chown(private, entry.pw_uid, entry.pw_gid)
+        private.chmod(0o700)
+        copies = []
+        for source in (tls.cert, tls.key):
+            target = private / source.name
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            tmp.chmod(0o600)
+            os.chown(tmp, entry.pw_uid, entry.pw_gid)
+            tmp.replace(target)
+            copies.append(target)
+        return copies[0], copies[1]
+
     def prepare(self, database_url: str, *, tls: TlsFiles | None = None) -> list[str]:
         """Write the config; returns the command that runs the broker."""
         binary, plugin = find_mosquitto(), find_auth_plugin()
@@ -340,16 +378,14 @@ class EmbeddedBroker:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(exist_ok=True)
         user = broker_user()
+        cert, key = (tls.cert, tls.key) if tls is not None else (None, None)
         if os.geteuid() == 0 and user != "root":
-            # Mosquitto drops to this user after reading its config: it must be able to
-            # reach and write its persistence directory (and read nothing else of ours).
-            entry = pwd.getpwnam(user)
-            for path in (self.home, self.root):
-                path.chmod(path.stat().st_mode | 0o711)
-            os.chown(self.root / "data", entry.pw_uid, entry.pw_gid)
-            (self.root / "data").chmod(0o700)
-            for stored in (self.root / "data").iterdir():
-                os.chown(stored, entry.pw_uid, entry.pw_gid)
+            if _reachable_by_others(self.root):
+                cert, key = self._hand_over(user, tls)
+            else:
+                # A private directory above ours (a 0700 temporary one): the dropped user
+                # could not reach its store or certificates, so Mosquitto keeps root here.
+                user = "root"
         lines = [
             "# Written by iotcloud at every start; edits are overwritten.",
             f"user {user}",
@@ -360,8 +396,8 @@ class EmbeddedBroker:
         if tls is not None:
             lines += [
                 f"listener {self.tls_port} {self.bind}",
-                f"certfile {tls.cert}",
-                f"keyfile {tls.key}",
+                f"certfile {cert}",
+                f"keyfile {key}",
             ]
         lines += [
             "persistence true",
