@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
-from shared.errors import Unauthorized
+from shared.errors import Unauthorized, Unprocessable
 from shared.repositories import users
 from shared.security import Principal, issue_token, verify_password
 from shared.web import StorableJSONRoute
@@ -21,10 +21,39 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
-@router.post("/auth/token", response_model=TokenOut)
+_FORM_ONLY = (
+    "POST /auth/token takes form fields, as OAuth2's password flow requires: send "
+    "username=<e-mail>&password=<password> as application/x-www-form-urlencoded "
+    "(curl -d username=... -d password=...), not a JSON body"
+)
+
+
+def form_fields_only(request: Request) -> None:
+    """A JSON body (the usual first try) gets a message that says what to send instead."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in {"application/x-www-form-urlencoded", "multipart/form-data"}:
+        raise Unprocessable(_FORM_ONLY)
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    dependencies=[Depends(form_fields_only)],
+    responses={
+        401: {"description": "incorrect e-mail or password"},
+        422: {"description": "not form fields (a JSON body, say), or a field is missing"},
+    },
+)
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], conn: Conn, settings: AppSettings
 ) -> TokenOut:
+    """Sign in and get a bearer token.
+
+    The body is **form fields**, not JSON (OAuth2's password flow): `username` is the
+    e-mail, `password` the password, sent as `application/x-www-form-urlencoded`, e.g.
+    `curl -d username=ops@acme.test -d password=... http://127.0.0.1:8000/auth/token`.
+    Use the token as `Authorization: Bearer <access_token>` until `expires_in` seconds pass.
+    """
     user = await users.by_email(conn, form.username)
     if not verify_password(user["password_hash"] if user else None, form.password) or user is None:
         raise Unauthorized("incorrect e-mail or password")
