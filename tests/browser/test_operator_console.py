@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any
-
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from iotcloud.provisioning import create_devices
 from shared import db
@@ -62,7 +61,7 @@ def run_e2e(base_url: str, emails: dict[str, str], *, passed: int, **extra: Any)
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     # Ran, not skipped: node's summary counts them.
-    assert f"ℹ pass {passed}\n" in result.stdout, result.stdout[-3000:]
+    assert f"\N{INFORMATION SOURCE} pass {passed}\n" in result.stdout, result.stdout[-3000:]
 
 
 async def test_docs_offline_roles_phone_and_unknown_device(
