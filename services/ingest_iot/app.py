@@ -19,6 +19,7 @@ from ingest_iot.metrics import DESIRED_LAG
 from ingest_iot.publisher import DesiredPublisher
 from ingest_iot.report_batcher import HttpReportBatcher
 from shared import db
+from shared.api_docs import install_docs
 from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, parse_mqtt_url
 from shared.repositories import delivery
 from shared.settings import Settings
@@ -111,6 +112,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        docs_url=None,  # shared.api_docs serves them without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=4 * settings.limits.max_state_bytes)
@@ -124,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         }
 
     install_health(app, ready)
+    install_docs(app)
     app.include_router(routes.router)
     return app
 

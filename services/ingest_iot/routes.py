@@ -37,6 +37,8 @@ def _pool(request: Request) -> asyncpg.Pool:
 
 
 _INVALID_TOKEN = "invalid provision token"  # noqa: S105 - an error message
+# An absent header says so: the device forgot it, which reveals nothing about any token.
+_MISSING_TOKEN = "missing X-Provision-Token header"  # noqa: S105 - an error message
 
 
 def _token_hash(request: Request) -> bytes:
@@ -46,7 +48,9 @@ def _token_hash(request: Request) -> bytes:
     was a tenth of a device request's cost. ``_TOKEN_HEADER`` documents it instead.
     """
     token = request.headers.get("x-provision-token")
-    if not token or not token.startswith(TOKEN_PREFIX):
+    if token is None:
+        raise Unauthorized(_MISSING_TOKEN)
+    if not token.startswith(TOKEN_PREFIX):
         raise Unauthorized(_INVALID_TOKEN)
     return hash_provision_token(token)
 
@@ -63,7 +67,10 @@ _TOKEN_HEADER = {
     ]
 }
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "wrong or revoked provision token; nothing else is revealed"}
+    401: {
+        "description": "no `X-Provision-Token` header (`missing X-Provision-Token header`), "
+        "or a wrong or revoked token (`invalid provision token`); nothing else is revealed"
+    }
 }
 
 

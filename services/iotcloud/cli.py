@@ -1,4 +1,4 @@
-"""``iotcloud``: the product's command line (SPEC §2)."""
+"""``iotcloud``: run, inspect and administer the platform from the command line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import uvloop
@@ -34,8 +34,30 @@ class CliError(Exception):
     pass
 
 
+def _one_line_errors() -> tuple[type[Exception], ...]:
+    from iotcloud.cli_devices import DeviceCommandError
+
+    return (
+        CliError,
+        DeviceCommandError,
+        embedded.EmbeddedError,
+        ValueError,
+        ProvisioningError,
+        SettingsError,
+    )
+
+
 def embedded_postgres() -> embedded.EmbeddedPostgres:
-    return embedded.EmbeddedPostgres(project_home(), env_port("IOTCLOUD_PG_PORT", DEFAULT_PG_PORT))
+    """``IOTCLOUD_PG_PORT`` when set (a taken port is then an error); else the port picked
+    and remembered under ``.iotcloud/pg`` earlier, else 5544 (another if that is taken)."""
+    home = project_home()
+    if (os.environ.get("IOTCLOUD_PG_PORT") or "").strip():
+        return embedded.EmbeddedPostgres(home, env_port("IOTCLOUD_PG_PORT", DEFAULT_PG_PORT))
+    unpinned = embedded.EmbeddedPostgres(home, DEFAULT_PG_PORT, fixed_port=False)
+    remembered = unpinned.remembered_port()
+    if remembered is None:
+        return unpinned
+    return embedded.EmbeddedPostgres(home, remembered, fixed_port=False)
 
 
 def embedded_broker() -> embedded.EmbeddedBroker:
@@ -61,12 +83,15 @@ def broker_durability() -> str:
     return value
 
 
+_LAST_DATABASE_URL: str | None = None
+
+
 def database_url() -> str:
     """``DATABASE_URL``, or this checkout's embedded PostgreSQL (started if needed)."""
+    global _LAST_DATABASE_URL
     configured = os.environ.get("DATABASE_URL")
-    if configured:
-        return configured
-    return embedded_postgres().ensure_running()
+    _LAST_DATABASE_URL = configured or embedded_postgres().ensure_running()
+    return _LAST_DATABASE_URL
 
 
 def mqtt_url() -> str:
@@ -128,11 +153,10 @@ async def cmd_migrate(_: argparse.Namespace) -> None:
 
 
 async def cmd_tenant_create(args: argparse.Namespace) -> None:
-    from shared.ids import is_tenant_id
+    from iotcloud.cli_devices import check_tenant_id
     from shared.repositories import tenants
 
-    if not is_tenant_id(args.id):
-        raise CliError("tenant id must match [a-z0-9][a-z0-9-]{0,62}")
+    check_tenant_id(args.id)
 
     async def work(conn: Any) -> bool:
         await db.migrate(conn)
@@ -144,9 +168,12 @@ async def cmd_tenant_create(args: argparse.Namespace) -> None:
 
 
 async def cmd_user_create(args: argparse.Namespace) -> None:
+    from iotcloud.cli_devices import check_tenant_id
     from shared.repositories import tenants, users
     from shared.security import hash_password
 
+    check_tenant_id(args.tenant)
+    args.password = read_password(args)
     if len(args.password) < 8:
         raise CliError("password must be at least 8 characters")
     if "@" not in args.email:
@@ -172,6 +199,24 @@ async def cmd_user_create(args: argparse.Namespace) -> None:
     )
 
 
+def read_password(args: argparse.Namespace) -> str:
+    """--password-stdin, else --password, else a prompt (twice) when stdin is a terminal."""
+    if args.password_stdin:
+        if args.password is not None:
+            raise CliError("give --password or --password-stdin, not both")
+        return sys.stdin.readline().rstrip("\r\n")
+    if args.password is not None:
+        return str(args.password)
+    if not sys.stdin.isatty():
+        raise CliError("no password: pass --password-stdin and write it to standard input")
+    import getpass
+
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise CliError("the two passwords differ")
+    return first
+
+
 async def cmd_token(args: argparse.Namespace) -> None:
     from shared.repositories import users
     from shared.security import Principal, issue_token
@@ -190,8 +235,12 @@ async def cmd_token(args: argparse.Namespace) -> None:
 
 
 async def cmd_device_create(args: argparse.Namespace) -> None:
+    from iotcloud.cli_devices import check_device_id, check_tenant_id
     from iotcloud.provisioning import create_devices
 
+    check_tenant_id(args.tenant)
+    if args.id is not None:
+        check_device_id(args.id)
     created = await create_devices(
         database_url(), tenant_id=args.tenant, specs=[(args.id, args.name)]
     )
@@ -283,12 +332,29 @@ def cmd_serve(args: argparse.Namespace) -> None:
 async def cmd_up(args: argparse.Namespace) -> None:
     from iotcloud.supervisor import up
 
-    await up(demo=args.demo)
+    await up(demo=args.demo, verbose=args.verbose)
+
+
+def check_broker_reachable(url: str) -> None:
+    """One line naming the broker and MQTT_URL when nothing answers there."""
+    import socket
+
+    from iotcloud.cli_failures import broker_failure
+    from shared.mqtt import parse_mqtt_url
+
+    target = parse_mqtt_url(url)
+    try:
+        with socket.create_connection((target.host, target.port), timeout=5):
+            return
+    except OSError as exc:
+        raise CliError(broker_failure(exc.strerror or exc, target.display())) from None
 
 
 async def cmd_simulate(args: argparse.Namespace) -> None:
     from iotcloud.simulator import RejectRule, simulate
 
+    if not args.http:
+        check_broker_reachable(mqtt_url())
     await simulate(
         database_url(),
         mqtt_url(),
@@ -386,63 +452,299 @@ async def cmd_fleet_set_desired(args: argparse.Namespace) -> None:
 
 # --- parser ----------------------------------------------------------------------------------
 
+DESCRIPTION = """\
+iotcloud runs and administers a self-hosted device-twin platform: PostgreSQL (the one source
+of truth), a Mosquitto broker, the operator API and console (ui_iot) and the device API with
+its MQTT bridge (ingest_iot). With DATABASE_URL and MQTT_URL unset it uses this checkout's
+embedded PostgreSQL and broker under .iotcloud/, starting the database when needed."""
+
+COMMON_ENV = """\
+environment:
+  DATABASE_URL       PostgreSQL to use (default: the embedded one under .iotcloud/pg)
+  IOTCLOUD_PG_PORT   port of the embedded PostgreSQL (default 5544, another if taken)
+  IOTCLOUD_HOME      where embedded parts keep their files (default ./.iotcloud)
+  IOTCLOUD_DEBUG=1   show a traceback when a command fails (else one line, exit status 2)"""
+
+
+def _command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    summary: str,
+    *,
+    description: str = "",
+    examples: tuple[str, ...] = (),
+    env: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help has a description, examples and its environment variables."""
+    epilog = []
+    if examples:
+        epilog.append("examples:\n" + "\n".join(f"  {example}" for example in examples))
+    epilog.append(COMMON_ENV + (("\n" + env) if env else ""))
+    return sub.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=summary,
+        description=(description or summary[:1].upper() + summary[1:] + "."),
+        epilog="\n\n".join(epilog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _group(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    summary: str,
+    description: str,
+) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=COMMON_ENV,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION")  # type: ignore[no-any-return]
+
+
+TENANT_HELP = "tenant id (lower-case letters, digits and '-')"
+DEVICE_HELP = "device id (letters, digits, '.', '_', ':' or '-'; it is the device's MQTT login)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too, pointing at the command's --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"iotcloud: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iotcloud", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="iotcloud",
+        description=DESCRIPTION,
+        epilog="examples:\n"
+        "  iotcloud up --demo                      everything, with a demo tenant and devices\n"
+        "  iotcloud status                         what runs where\n"
+        "  iotcloud device list --tenant demo      the devices of a tenant\n"
+        "  iotcloud down                           stop what up started\n"
+        "\nRun iotcloud COMMAND --help for a command's options.\n\n" + COMMON_ENV,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="migrate, then run both services (and embedded parts)")
+    up = _command(
+        sub,
+        "up",
+        "migrate, then run both services (and the embedded database and broker)",
+        description="Apply pending migrations, then run ui_iot, ingest_iot and (with MQTT_URL "
+        "unset) a private Mosquitto as supervised child processes, restarting one that dies. "
+        "Their logs go to .iotcloud/logs/; the banner with the console URL stays on screen. "
+        "Stop with Ctrl-C or `iotcloud down`.",
+        examples=("iotcloud up --demo", "iotcloud up --verbose", "UI_PORT=9000 iotcloud up"),
+        env="  MQTT_URL           broker to use (default: a private Mosquitto on 127.0.0.1:1884)\n"
+        "  UI_PORT, INGEST_PORT  service ports (default 8000, 8001)\n"
+        "  IOTCLOUD_BROKER_PORT, IOTCLOUD_BROKER_TLS_PORT  embedded broker ports (1884, 8883)\n"
+        "  IOTCLOUD_LOG_LEVEL service log level (default warning)",
+    )
     up.add_argument("--demo", action="store_true", help="add a demo tenant, login and devices")
+    up.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the broker's and services' logs here too (they always go to .iotcloud/logs/)",
+    )
     up.set_defaults(handler=cmd_up)
 
-    sub.add_parser("migrate", help="apply pending migrations").set_defaults(handler=cmd_migrate)
+    down = _command(
+        sub,
+        "down",
+        "stop what `iotcloud up` started, the embedded database included",
+        examples=("iotcloud down", "iotcloud down --keep-database"),
+    )
+    down.add_argument(
+        "--keep-database", action="store_true", help="leave the embedded PostgreSQL running"
+    )
+    down.set_defaults(handler=_lazy("iotcloud.cli_runtime", "cmd_down"))
 
-    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
-    tenant_create = tenant.add_parser("create", help="create a tenant")
-    tenant_create.add_argument("id")
-    tenant_create.add_argument("--name")
+    status = _command(
+        sub,
+        "status",
+        "say what runs where: up, the database, the broker, both services",
+        examples=("iotcloud status", "iotcloud status --json"),
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(handler=_lazy("iotcloud.cli_runtime", "cmd_status"))
+
+    _command(
+        sub,
+        "migrate",
+        "apply pending migrations (safe to run from several replicas at once)",
+        examples=("iotcloud migrate", "DATABASE_URL=postgresql://iot@db/iotcloud iotcloud migrate"),
+    ).set_defaults(handler=cmd_migrate)
+
+    tenant = _group(sub, "tenant", "create tenants", "Tenants: each fleet and its operators.")
+    tenant_create = _command(
+        tenant,
+        "create",
+        "create a tenant; prints its id",
+        examples=("iotcloud tenant create acme --name 'Acme Corp'",),
+    )
+    tenant_create.add_argument("id", help=TENANT_HELP)
+    tenant_create.add_argument("--name", help="display name (default: the id)")
     tenant_create.set_defaults(handler=cmd_tenant_create)
 
-    user = sub.add_parser("user", help="operator accounts").add_subparsers(
-        dest="action", required=True
+    user = _group(
+        sub,
+        "user",
+        "operator accounts",
+        "Operator accounts: an e-mail, a password (stored only as a hash) and a role.",
     )
-    user_create = user.add_parser("create", help="create an operator account")
-    user_create.add_argument("--tenant", required=True)
-    user_create.add_argument("--email", required=True)
-    user_create.add_argument("--password", required=True)
-    user_create.add_argument("--role", choices=["admin", "operator", "viewer"], default="admin")
+    user_create = _command(
+        user,
+        "create",
+        "create an operator account",
+        description="Create an operator account. The password comes from --password-stdin, "
+        "a prompt when standard input is a terminal, or --password (visible in the process "
+        "list and shell history: avoid it).",
+        examples=(
+            "iotcloud user create --tenant acme --email ops@acme.test --role operator",
+            "printf '%s\\n' \"$PASSWORD\" | iotcloud user create --tenant acme "
+            "--email ci@acme.test --password-stdin --role viewer",
+        ),
+    )
+    user_create.add_argument("--tenant", required=True, help=TENANT_HELP)
+    user_create.add_argument("--email", required=True, help="the login, an e-mail address")
+    user_create.add_argument("--password", help="at least 8 characters (prefer --password-stdin)")
+    user_create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    user_create.add_argument(
+        "--role",
+        choices=["admin", "operator", "viewer"],
+        default="admin",
+        help="viewer reads; operator also writes desired state; admin also manages devices "
+        "and users (default admin)",
+    )
     user_create.set_defaults(handler=cmd_user_create)
 
-    token = sub.add_parser("token", help="print a bearer token for a user")
-    token.add_argument("--email", required=True)
-    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token = _command(
+        sub,
+        "token",
+        "print a bearer token for a user (for scripts)",
+        examples=(
+            "TOKEN=$(iotcloud token --email ops@acme.test)",
+            'curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/customer/devices',
+        ),
+        env="  IOTCLOUD_JWT_SECRET  signing secret (default: kept in .iotcloud/jwt.secret)",
+    )
+    token.add_argument("--email", required=True, help="the user's e-mail")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.set_defaults(handler=cmd_token)
 
-    device = sub.add_parser("device", help="devices").add_subparsers(dest="action", required=True)
-    device_create = device.add_parser("create", help="register a device; prints its token once")
-    device_create.add_argument("--tenant", required=True)
-    device_create.add_argument("--id")
-    device_create.add_argument("--name")
-    device_create.set_defaults(handler=cmd_device_create)
-    device_import = device.add_parser(
-        "import", help="register the devices of a CSV (device_id,name,tags); tokens once"
+    device = _group(
+        sub,
+        "device",
+        "register, list, show, delete devices and rotate their tokens",
+        "Devices of one tenant. A device id is unique across all tenants: it is the device's "
+        "MQTT user name and client id (and its AWS IoT thing name), so an id taken anywhere "
+        "is refused with the same message, whoever holds it.",
     )
-    device_import.add_argument("--tenant", required=True)
+    device_create = _command(
+        device,
+        "create",
+        "register a device; prints its provision token once",
+        examples=(
+            "iotcloud device create --tenant acme --id boiler-1 --name 'Boiler, basement'",
+            "iotcloud device create --tenant acme      # a generated id",
+        ),
+    )
+    device_create.add_argument("--tenant", required=True, help=TENANT_HELP)
+    device_create.add_argument("--id", help=DEVICE_HELP + " (default: dev-<random>)")
+    device_create.add_argument("--name", help="display name (default: the id)")
+    device_create.set_defaults(handler=cmd_device_create)
+
+    device_list = _command(
+        device,
+        "list",
+        "list a tenant's devices with their sync status",
+        examples=(
+            "iotcloud device list --tenant acme",
+            "iotcloud device list --tenant acme --status pending --tag site:berlin --json",
+        ),
+    )
+    device_list.add_argument("--tenant", required=True, help=TENANT_HELP)
+    device_list.add_argument(
+        "--status", choices=["synced", "pending", "stale"], help="devices in this sync status"
+    )
+    device_list.add_argument("--tag", action="append", help="key:value (repeat to AND)")
+    device_list.add_argument("--q", help="text in the device id or name")
+    device_list.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    device_list.add_argument("--json", action="store_true", help="print JSON for scripts")
+    device_list.set_defaults(handler=_with_db("iotcloud.cli_devices", "device_list"))
+
+    for name, summary, function, examples in (
+        (
+            "show",
+            "show a device's twin: desired, reported, delta, versions",
+            "device_show",
+            (
+                "iotcloud device show --tenant acme boiler-1",
+                "iotcloud device show --tenant acme boiler-1 --json",
+            ),
+        ),
+        (
+            "delete",
+            "delete a device: its token stops working and its MQTT session is cut",
+            "device_delete",
+            ("iotcloud device delete --tenant acme boiler-1",),
+        ),
+        (
+            "rotate-token",
+            "give a device a new provision token (printed once); the old one stops working",
+            "device_rotate_token",
+            ("iotcloud device rotate-token --tenant acme boiler-1 --json",),
+        ),
+    ):
+        command = _command(device, name, summary, examples=examples)
+        command.add_argument("id", help=DEVICE_HELP)
+        command.add_argument("--tenant", required=True, help=TENANT_HELP)
+        command.add_argument("--json", action="store_true", help="print JSON for scripts")
+        command.set_defaults(handler=_with_db("iotcloud.cli_devices", function))
+
+    device_import = _command(
+        device,
+        "import",
+        "register the devices of a CSV (device_id,name,tags); tokens once",
+        examples=("iotcloud device import --tenant acme fleet.csv --out tokens.csv",),
+    )
+    device_import.add_argument("--tenant", required=True, help=TENANT_HELP)
     device_import.add_argument("file", help="CSV with the header device_id,name,tags")
     device_import.add_argument("--out", help="write device_id,provision_token here (mode 0600)")
     device_import.add_argument("--force", action="store_true", help="overwrite --out")
     device_import.set_defaults(handler=cmd_device_import)
     cli_certs.register(device).set_defaults(handler=cmd_device_cert)
 
-    serve = sub.add_parser("serve", help="run one service (what a replica runs)")
-    serve.add_argument("service", choices=["ui", "ingest"])
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int)
+    serve = _command(
+        sub,
+        "serve",
+        "run one service (what a replica runs)",
+        examples=("iotcloud serve ui --host 0.0.0.0", "iotcloud serve ingest --port 8101"),
+        env="  MQTT_URL, IOTCLOUD_JWT_SECRET, IOTCLOUD_LOG_LEVEL: see docs/operations.md",
+    )
+    serve.add_argument("service", choices=["ui", "ingest"], help="ui_iot or ingest_iot")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, help="port (default UI_PORT / INGEST_PORT)")
     serve.set_defaults(handler=cmd_serve)
 
-    simulate = sub.add_parser("simulate", help="run simulated devices that speak MQTT or HTTP")
-    simulate.add_argument("--tenant", required=True)
-    simulate.add_argument("--devices", type=int, default=3)
+    simulate = _command(
+        sub,
+        "simulate",
+        "run simulated devices that speak MQTT or HTTP",
+        examples=(
+            "iotcloud simulate --tenant demo --devices 10 --rate 1",
+            "iotcloud simulate --tenant demo --http --duration 60",
+        ),
+        env="  MQTT_URL           broker the devices connect to",
+    )
+    simulate.add_argument("--tenant", required=True, help=TENANT_HELP)
+    simulate.add_argument("--devices", type=int, default=3, help="how many (default 3)")
     simulate.add_argument(
         "--rate", type=float, default=0.0, help="extra reports per second per device"
     )
@@ -461,7 +763,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/devices.md); 0: never (a broker with no platform behind it answers nothing)",
     )
     simulate.add_argument("--http", action="store_true", help="poll and report over HTTP instead")
-    simulate.add_argument("--http-url", default=f"http://127.0.0.1:{env_port('INGEST_PORT', 8001)}")
+    simulate.add_argument(
+        "--http-url",
+        default=f"http://127.0.0.1:{env_port('INGEST_PORT', 8001)}",
+        help="device API base URL for --http",
+    )
     simulate.add_argument(
         "--duration", type=float, default=0.0, help="seconds; 0 runs until stopped"
     )
@@ -480,16 +786,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.set_defaults(handler=cmd_simulate)
 
-    fleet = sub.add_parser("fleet", help="fleet operations").add_subparsers(
-        dest="action", required=True
+    fleet = _group(sub, "fleet", "fleet operations", "Operations on many devices at once.")
+    set_desired = _command(
+        fleet,
+        "set-desired",
+        "merge-patch desired on every matching device (a bulk job)",
+        description="Queue a bulk job that merge-patches desired state on every matching "
+        "device, run it here with a progress bar and print its counts. Exit status 1 when "
+        "some device refused the write.",
+        examples=(
+            "iotcloud fleet set-desired --tenant acme --tag site:berlin --desired '{\"fan\": 3}'",
+            "iotcloud fleet set-desired --tenant acme --device d-1 --device d-2 "
+            "--desired '{\"led\": null}'",
+        ),
+        env="  IOTCLOUD_MAX_STATE_BYTES, IOTCLOUD_MAX_DEPTH, IOTCLOUD_STALE_AFTER_S: twin limits",
     )
-    set_desired = fleet.add_parser(
-        "set-desired", help="merge-patch desired on every matching device (a bulk job)"
-    )
-    set_desired.add_argument("--tenant", required=True)
+    set_desired.add_argument("--tenant", required=True, help=TENANT_HELP)
     set_desired.add_argument("--desired", required=True, help="JSON merge patch")
     set_desired.add_argument("--tag", action="append", help="key:value (repeat to AND)")
-    set_desired.add_argument("--status", choices=["synced", "pending", "stale"])
+    set_desired.add_argument(
+        "--status", choices=["synced", "pending", "stale"], help="devices in this sync status"
+    )
     set_desired.add_argument("--model", help="devices of this model")
     set_desired.add_argument("--device", action="append", help="this device id (repeatable)")
     set_desired.add_argument("--q", help="text in the device id or name")
@@ -501,10 +818,71 @@ def build_parser() -> argparse.ArgumentParser:
     from iotcloud import cli_admin
 
     cli_admin.register(user, tenant)
+
+    completion = _command(
+        sub,
+        "completion",
+        "print a shell completion script",
+        examples=('eval "$(iotcloud completion bash)"   # in ~/.bashrc',),
+    )
+    completion.add_argument("shell", choices=["bash"], help="the shell")
+    completion.set_defaults(handler=_lazy("iotcloud.cli_completion", "cmd_completion"))
     return parser
 
 
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], Any]:
+    """A handler imported when it runs (keeps ``iotcloud --help`` fast)."""
+
+    def handler(args: argparse.Namespace) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return handler
+
+
+def _with_db(module: str, name: str) -> Callable[[argparse.Namespace], Awaitable[Any]]:
+    """A handler ``async (args, conn)`` run on a connection to a migrated database."""
+
+    async def handler(args: argparse.Namespace) -> Any:
+        import importlib
+
+        function = getattr(importlib.import_module(module), name)
+
+        async def work(conn: Any) -> Any:
+            await db.migrate(conn)
+            return await function(args, conn)
+
+        return await _with_conn(work)
+
+    return handler
+
+
+def _failure_line(exc: BaseException) -> str:
+    """One line for any failure (an exception group: its first leaf)."""
+    from iotcloud import cli_failures
+
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, DomainError):
+        return str(exc.detail)
+    if isinstance(exc, _one_line_errors()):
+        return " ".join(str(exc).split())
+    line = cli_failures.database_failure(exc, _LAST_DATABASE_URL)
+    if line is not None:
+        return line
+    try:
+        from aiomqtt import MqttError
+    except ImportError:  # pragma: no cover - a dependency
+        MqttError = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, MqttError):
+        return cli_failures.broker_failure(exc, mqtt_display())
+    return cli_failures.unexpected(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from iotcloud.cli_failures import debug
+
     args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
@@ -512,14 +890,15 @@ def main(argv: list[str] | None = None) -> int:
             # uvloop, as the services run: the simulator's thousands of connections need it.
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 runner.run(result)
-    except (CliError, embedded.EmbeddedError, ValueError, ProvisioningError, SettingsError) as exc:
-        print(f"iotcloud: {exc}", file=sys.stderr)
-        return 2
-    except DomainError as exc:
-        print(f"iotcloud: {exc.detail}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug():
+            raise
+        print(f"iotcloud: {_failure_line(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

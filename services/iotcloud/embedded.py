@@ -14,7 +14,9 @@ import pwd
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,10 +90,35 @@ def _run_as() -> str | None:
     raise EmbeddedError("running as root and no unprivileged user to run PostgreSQL as")
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``host:port`` (a bind test, as PostgreSQL will bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 @dataclass(frozen=True)
 class EmbeddedPostgres:
+    """The checkout's PostgreSQL under ``home/pg``.
+
+    ``port`` is where it starts. With ``fixed_port`` (``IOTCLOUD_PG_PORT`` set) a taken port
+    is an error naming the port and the setting; without, a free port is picked and
+    remembered in ``home/pg/port`` for every later command.
+    """
+
     home: Path
     port: int
+    fixed_port: bool = True
 
     @property
     def root(self) -> Path:
@@ -144,7 +171,9 @@ class EmbeddedPostgres:
                 "--encoding=UTF8",
                 "--no-instructions",
             )
+        port = self.port
         if not self.running():
+            port = self._start_port()
             log_file = self.root / "postgres.log"
             result = self._cmd(
                 "pg_ctl",
@@ -156,17 +185,49 @@ class EmbeddedPostgres:
                 "-t",
                 "60",
                 "-o",
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 "
                 "-c max_connections=200 -c fsync=on",
                 "start",
                 check=False,
             )
             if result.returncode != 0 and not self.running():
+                reason = " ".join(result.stderr.split()) or "no reason given"
                 raise EmbeddedError(
-                    f"embedded PostgreSQL did not start: {result.stderr.strip()}\n(log: {log_file})"
+                    f"embedded PostgreSQL did not start on port {port}: {reason} (log: {log_file})"
                 )
         self._ensure_database(self._listening_port())
         return self.url
+
+    @property
+    def port_file(self) -> Path:
+        return self.root / "port"
+
+    def remembered_port(self) -> int | None:
+        try:
+            return int(self.port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _start_port(self) -> int:
+        """The port to start on: ``self.port`` if free; else a taken fixed port is an error
+        and a default one is swapped for a free port, remembered under ``home/pg``."""
+        if port_free(self.port):
+            chosen = self.port
+        elif self.fixed_port:
+            raise EmbeddedError(
+                f"embedded PostgreSQL cannot use port {self.port}: another program listens "
+                "there; set IOTCLOUD_PG_PORT to a free port (or unset it to pick one)"
+            )
+        else:
+            chosen = free_port()
+            print(
+                f"iotcloud: port {self.port} is taken; the embedded PostgreSQL uses port "
+                f"{chosen} (remembered in {self.port_file}; IOTCLOUD_PG_PORT sets one)",
+                file=sys.stderr,
+            )
+        if chosen != self.remembered_port():
+            self.port_file.write_text(f"{chosen}\n")
+        return chosen
 
     def _listening_port(self) -> int:
         """The port the running server took, which wins over ``self.port`` if it differs
@@ -196,6 +257,31 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self.running():
             self._cmd("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+
+def broker_user() -> str:
+    """Who Mosquitto runs as (its ``user`` option): ourselves, or when we are root an
+    unprivileged user that exists, ``mosquitto`` (Debian's package makes it) or ``nobody``."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    for name in ("mosquitto", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    return "root"
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether every directory from / down to ``path`` lets other users through."""
+    for directory in [path, *path.parents]:
+        try:
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def find_mosquitto() -> str | None:
@@ -260,6 +346,32 @@ class EmbeddedBroker:
         user = quote(SERVICE_USER, safe="")
         return f"mqtt://{user}:{quote(self.service_password(), safe='')}@127.0.0.1:{self.port}"
 
+    def _hand_over(self, user: str, tls: TlsFiles | None) -> tuple[Path | None, Path | None]:
+        """Give ``user`` its persistence directory and a copy of the TLS certificate and key
+        (Mosquitto reads them after dropping privileges); returns the copies' paths."""
+        entry = pwd.getpwnam(user)
+        data = self.root / "data"
+        os.chown(data, entry.pw_uid, entry.pw_gid)
+        data.chmod(0o700)
+        for stored in data.iterdir():
+            os.chown(stored, entry.pw_uid, entry.pw_gid)
+        if tls is None:
+            return None, None
+        private = self.root / "tls"
+        private.mkdir(exist_ok=True)
+        os.chown(private, entry.pw_uid, entry.pw_gid)
+        private.chmod(0o700)
+        copies = []
+        for source in (tls.cert, tls.key):
+            target = private / source.name
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            tmp.chmod(0o600)
+            os.chown(tmp, entry.pw_uid, entry.pw_gid)
+            tmp.replace(target)
+            copies.append(target)
+        return copies[0], copies[1]
+
     def prepare(self, database_url: str, *, tls: TlsFiles | None = None) -> list[str]:
         """Write the config; returns the command that runs the broker."""
         binary, plugin = find_mosquitto(), find_auth_plugin()
@@ -270,7 +382,15 @@ class EmbeddedBroker:
             )
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(exist_ok=True)
-        user = pwd.getpwuid(os.geteuid()).pw_name
+        user = broker_user()
+        cert, key = (tls.cert, tls.key) if tls is not None else (None, None)
+        if os.geteuid() == 0 and user != "root":
+            if _reachable_by_others(self.root):
+                cert, key = self._hand_over(user, tls)
+            else:
+                # A private directory above ours (a 0700 temporary one): the dropped user
+                # could not reach its store or certificates, so Mosquitto keeps root here.
+                user = "root"
         lines = [
             "# Written by iotcloud at every start; edits are overwritten.",
             f"user {user}",
@@ -281,8 +401,8 @@ class EmbeddedBroker:
         if tls is not None:
             lines += [
                 f"listener {self.tls_port} {self.bind}",
-                f"certfile {tls.cert}",
-                f"keyfile {tls.key}",
+                f"certfile {cert}",
+                f"keyfile {key}",
             ]
             if self.cert_port and self.device_trust is not None:
                 self.device_trust.mkdir(parents=True, exist_ok=True)

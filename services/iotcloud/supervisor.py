@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from iotcloud import cli, cli_certs, embedded
+from iotcloud import cli, cli_certs, cli_runtime, embedded
 from shared import db
 from shared.aio import within
 from shared.repositories import tenants, users
@@ -37,24 +38,47 @@ class Child:
     process: asyncio.subprocess.Process | None = None
 
 
-async def _supervise(child: Child, env: dict[str, str], stopping: asyncio.Event) -> None:
+async def _tee(stream: asyncio.StreamReader, name: str, log: BinaryIO) -> None:
+    """``up --verbose``: a child's output to its log file and to the screen."""
+    while line := await stream.readline():
+        log.write(line)
+        log.flush()
+        sys.stdout.write(f"{name}: {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+async def _supervise(
+    child: Child, env: dict[str, str], stopping: asyncio.Event, *, verbose: bool = False
+) -> None:
+    """Run the child until stopping, restarting it when it dies. Its output goes to
+    ``.iotcloud/logs/<name>.log`` (and with ``verbose`` to the screen as well)."""
     delay = 0.5
-    while not stopping.is_set():
-        child.process = await asyncio.create_subprocess_exec(
-            *child.argv, env=env, preexec_fn=_die_with_parent
-        )
-        started = asyncio.get_running_loop().time()
-        code = await child.process.wait()
-        if stopping.is_set():
-            return
-        if asyncio.get_running_loop().time() - started > 30:
-            delay = 0.5
-        print(
-            f"iotcloud: {child.name} exited with code {code}; restarting in {delay:.1f}s",
-            flush=True,
-        )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
+    logs = cli_runtime.logs_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{child.name}.log").open("ab") as log:
+        while not stopping.is_set():
+            child.process = await asyncio.create_subprocess_exec(
+                *child.argv,
+                env=env,
+                preexec_fn=_die_with_parent,
+                stdout=asyncio.subprocess.PIPE if verbose else log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            started = asyncio.get_running_loop().time()
+            if verbose and child.process.stdout is not None:
+                await _tee(child.process.stdout, child.name, log)
+            code = await child.process.wait()
+            if stopping.is_set():
+                return
+            if asyncio.get_running_loop().time() - started > 30:
+                delay = 0.5
+            print(
+                f"iotcloud: {child.name} exited with code {code}; restarting in {delay:.1f}s "
+                f"(log: {logs / (child.name + '.log')})",
+                flush=True,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def _stop(children: list[Child]) -> None:
@@ -85,7 +109,7 @@ async def _ensure_demo(database_url: str) -> None:
         await conn.close()
 
 
-async def up(*, demo: bool) -> None:
+async def up(*, demo: bool, verbose: bool = False) -> None:
     env = cli.service_env()
     database_url = env["DATABASE_URL"]
     conn = await db.connect(database_url, application_name="iotcloud-up")
@@ -150,20 +174,20 @@ async def up(*, demo: bool) -> None:
         )
 
     ui_port, ingest_port = env.get("UI_PORT", "8000"), env.get("INGEST_PORT", "8001")
-    print(
-        "\n".join(
-            [
-                "iotcloud is starting:",
-                f"  console and operator API  http://127.0.0.1:{ui_port}/",
-                f"  device API                http://127.0.0.1:{ingest_port}/device/v1",
-                f"  DATABASE_URL              {database_url}",
-                *broker_lines,
-                *([f"  demo login                {DEMO_EMAIL} / {DEMO_PASSWORD}"] if demo else []),
-                "Press Ctrl-C to stop.",
-            ]
-        ),
-        flush=True,
+    banner = "\n".join(
+        [
+            "iotcloud is running:",
+            f"  console and operator API  http://127.0.0.1:{ui_port}/",
+            f"  device API                http://127.0.0.1:{ingest_port}/device/v1",
+            f"  DATABASE_URL              {database_url}",
+            *broker_lines,
+            *([f"  demo login                {DEMO_EMAIL} / {DEMO_PASSWORD}"] if demo else []),
+            f"  logs                      {cli_runtime.logs_dir()}/"
+            + ("" if verbose else "  (iotcloud up --verbose shows them here)"),
+            "Press Ctrl-C or run `iotcloud down` to stop; `iotcloud status` says what runs.",
+        ]
     )
+    cli_runtime.write_pid()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -171,10 +195,18 @@ async def up(*, demo: bool) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             for child in children:
-                tasks.create_task(_supervise(child, env, stopping), name=f"supervise-{child.name}")
+                tasks.create_task(
+                    _supervise(child, env, stopping, verbose=verbose),
+                    name=f"supervise-{child.name}",
+                )
                 if child.name == "broker":
                     await asyncio.sleep(0.5)  # let the broker listen before the services dial it
+            if not verbose:
+                # The services log to files: the banner is the last thing on screen.
+                await asyncio.sleep(1.0)
+            print(banner, flush=True)
             await stopping.wait()
             await _stop(children)
     finally:
         await _stop(children)
+        cli_runtime.clear_pid()

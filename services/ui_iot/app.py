@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from shared import db
+from shared.api_docs import install_docs
 from shared.services import audit, events, fleet, history, rollouts, sessions
 from shared.settings import Settings
 from shared.web import (
@@ -23,14 +24,24 @@ from shared.web import (
     install_health,
     install_metrics,
 )
-from ui_iot.routes import admin, auth, certificates, devices, models, shadows
+from ui_iot.routes import admin, auth, certificates, devices, me, models, shadows
 from ui_iot.routes import events as event_routes
 from ui_iot.routes import fleet as fleet_routes
+from ui_iot.routes import fleet_history as fleet_history_routes
 from ui_iot.routes import rollouts as rollout_routes
 from ui_iot.session import SecurityHeadersMiddleware
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
-_API_PREFIXES = ("customer/", "auth/", "docs", "openapi.json", "metrics", "healthz", "readyz")
+_API_PREFIXES = (
+    "customer/",
+    "auth/",
+    "docs",
+    "redoc",
+    "openapi.json",
+    "metrics",
+    "healthz",
+    "readyz",
+)
 
 
 def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAPI:
@@ -88,6 +99,8 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        docs_url=None,  # shared.api_docs serves them without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=4 * settings.limits.max_state_bytes)
@@ -99,10 +112,13 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         return {"database": await database_ready(app.state.pool)}
 
     install_health(app, ready)
+    install_docs(app)
     app.include_router(auth.router)
+    app.include_router(me.router)
     app.include_router(devices.router)
     app.include_router(rollout_routes.router)
     app.include_router(fleet_routes.router)
+    app.include_router(fleet_history_routes.router)
     app.include_router(event_routes.router)
     app.include_router(models.router)
     app.include_router(certificates.router)

@@ -27,6 +27,17 @@ async def test_login_and_bad_credentials(stack: Stack) -> None:
     assert bad.json() == {"detail": "incorrect e-mail or password"}
     missing = await stack.ui.post("/auth/token", data={"username": "a@b.c"})
     assert missing.status_code == 422
+    # A JSON body, the usual first try, is told what to send instead.
+    as_json = await stack.ui.post(
+        "/auth/token", json={"username": "nobody@x.test", "password": "nope-nope"}
+    )
+    assert as_json.status_code == 422
+    assert (
+        "form fields" in as_json.json()["detail"] and "not a JSON body" in as_json.json()["detail"]
+    )
+    documented = (await stack.ui.get("/openapi.json")).json()["paths"]["/auth/token"]["post"]
+    assert "form fields" in documented["description"]
+    assert "application/x-www-form-urlencoded" in documented["requestBody"]["content"]
 
 
 async def test_tokens_are_validated_strictly(stack: Stack) -> None:

@@ -4,9 +4,13 @@ import { SignInPage } from '../features/auth/SignInPage';
 import { DevicePage } from '../features/devices/DevicePage';
 import { FleetPage } from '../features/devices/FleetPage';
 import { RolloutPage, RolloutsPage } from '../features/rollouts/RolloutsPage';
+import { ModelsPage } from '../features/models/ModelsPage';
 import { useSignedIn } from './auth';
+import { WhoAmI } from '../features/auth/WhoAmI';
+import { MeProvider, useMeLoader } from './me';
 import { ErrorBoundary } from './ErrorBoundary';
 import { Link, matchRoute, navigate, useLocation } from './router';
+import './operator.css';
 
 /** Where to go after signing in: the `next` of /signin?next=..., if it is one of ours. */
 function nextPath(search: string): string {
@@ -16,6 +20,7 @@ function nextPath(search: string): string {
 
 export function App() {
   const signedIn = useSignedIn();
+  const me = useMeLoader(signedIn);
   const { pathname, search } = useLocation();
   const route = matchRoute(pathname);
 
@@ -33,14 +38,15 @@ export function App() {
   }
 
   return (
-    <>
+    <MeProvider me={me}>
       <header className="app-header">
         <Link to="/" className="brand">
           IoT Cloud <span className="brand-sub">device twins</span>
         </Link>
         <nav aria-label="Main">
-          <Link to="/">Fleet</Link> <Link to="/rollouts">Rollouts</Link>
+          <Link to="/">Fleet</Link> <Link to="/rollouts">Rollouts</Link> <Link to="/models">Models</Link>
         </nav>
+        <WhoAmI me={me} />
         <button type="button" className="signout" onClick={() => clearToken()}>
           Sign out
         </button>
@@ -50,6 +56,7 @@ export function App() {
         {route.name === 'device' && <DevicePage deviceId={route.deviceId} />}
         {route.name === 'rollouts' && <RolloutsPage />}
         {route.name === 'rollout' && <RolloutPage rolloutId={route.rolloutId} />}
+        {route.name === 'models' && <ModelsPage />}
         {route.name === 'not-found' && (
           <main className="page">
             <h1>Page not found</h1>
@@ -59,6 +66,6 @@ export function App() {
           </main>
         )}
       </ErrorBoundary>
-    </>
+    </MeProvider>
   );
 }

@@ -35,6 +35,7 @@ export function useLocation(): { pathname: string; search: string } {
 
 export type Route =
   | { name: 'fleet' }
+  | { name: 'models' }
   | { name: 'device'; deviceId: string }
   | { name: 'rollouts' }
   | { name: 'rollout'; rolloutId: string }
@@ -47,6 +48,7 @@ export function matchRoute(pathname: string): Route {
   if (pathname === '/rollouts' || pathname === '/rollouts/') return { name: 'rollouts' };
   const rollout = /^\/rollouts\/([0-9a-fA-F-]{36})\/?$/.exec(pathname);
   if (rollout?.[1]) return { name: 'rollout', rolloutId: rollout[1] };
+  if (pathname === '/models') return { name: 'models' };
   const device = /^\/devices\/([^/]+)\/?$/.exec(pathname);
   if (device?.[1]) {
     try {

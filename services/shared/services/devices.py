@@ -55,7 +55,12 @@ async def create_device(
         token_hash=hash_provision_token(token),
     )
     if not created:
-        raise Conflict(f"device id {device_id!r} is already in use")
+        # The same words whoever holds the id: ids are unique across tenants (each is an MQTT
+        # login and an AWS thing name), and the refusal says nothing about the holder.
+        raise Conflict(
+            f"device id {device_id!r} is already in use; device ids are unique across all "
+            "tenants (an id is the device's MQTT login): choose another"
+        )
     return NewDevice(device_id, tenant_id, token)
 
 

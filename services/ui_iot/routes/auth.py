@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 
+from shared.errors import Unprocessable
 from shared.security import Principal, issue_token
 from shared.services import users
 from shared.services.sign_in import Throttled, sign_in
@@ -57,13 +58,43 @@ async def _sign_in(
         ) from None
 
 
-@router.post("/auth/token", response_model=TokenOut, responses=_THROTTLED)
+_FORM_ONLY = (
+    "POST /auth/token takes form fields, as OAuth2's password flow requires: send "
+    "username=<e-mail>&password=<password> as application/x-www-form-urlencoded "
+    "(curl -d username=... -d password=...), not a JSON body"
+)
+
+
+def form_fields_only(request: Request) -> None:
+    """A JSON body (the usual first try) gets a message that says what to send instead."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in {"application/x-www-form-urlencoded", "multipart/form-data"}:
+        raise Unprocessable(_FORM_ONLY)
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    dependencies=[Depends(form_fields_only)],
+    responses={
+        401: {"description": "incorrect e-mail or password"},
+        422: {"description": "not form fields (a JSON body, say), or a field is missing"},
+        **_THROTTLED,
+    },
+)
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     pool: Pool,
     settings: AppSettings,
     ip: ClientIp,
 ) -> TokenOut:
+    """Sign in and get a bearer token.
+
+    The body is **form fields**, not JSON (OAuth2's password flow): `username` is the
+    e-mail, `password` the password, sent as `application/x-www-form-urlencoded`, e.g.
+    `curl -d username=ops@acme.test -d password=... http://127.0.0.1:8000/auth/token`.
+    Use the token as `Authorization: Bearer <access_token>` until `expires_in` seconds pass.
+    """
     who = await _sign_in(form, pool, settings, ip)
     token = issue_token(who, secret=settings.jwt_secret, ttl_s=settings.jwt_ttl_s)
     return TokenOut(access_token=token, expires_in=settings.jwt_ttl_s)

@@ -3,6 +3,7 @@ import { useRefresh } from '../../app/useRefresh';
 import { listShadows } from '../../services/api/devices';
 import { DeviceTwinPanel } from './DeviceTwinPanel';
 import { HistoryTimeline } from './HistoryTimeline';
+import { DeviceValuesChart } from '../charts/DeviceValuesChart';
 
 interface ShadowTabsProps {
   deviceId: string;
@@ -66,6 +67,9 @@ export function ShadowTabs({ deviceId, pollIntervalMs = 10000 }: ShadowTabsProps
           shadow={shadow}
           onSaved={() => setSaves((count) => count + 1)}
         />
+        {current === CLASSIC && (
+          <DeviceValuesChart key={`chart-${deviceId}`} deviceId={deviceId} refreshToken={saves} />
+        )}
         <HistoryTimeline
           key={`history-${deviceId}/${current}`}
           deviceId={deviceId}
