@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = prepare(role, env)
     except (PreflightError, SettingsError, ValueError) as exc:
-        print(f"{ROLES[role]}: {exc}", file=sys.stderr)
+        message = str(exc)  # Settings' own errors already start with the service's name
+        prefix = f"{ROLES[role]}: "
+        print(message if message.startswith(prefix) else prefix + message, file=sys.stderr)
         return exc.code if isinstance(exc, PreflightError) else 2
     except Exception as exc:  # one line, never a traceback, at start-up
         print(f"{ROLES[role]}: start-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
