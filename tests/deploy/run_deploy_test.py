@@ -47,6 +47,7 @@ IMAGES = {
 NAMED = ("iot-postgres", "iot-mosquitto", "ui_iot")
 TENANT, ADMIN = "acme", "admin@acme.example"
 DEVICE = "boiler-1"
+INGEST = (f"{PROJECT}_ingest_iot_1", f"{PROJECT}_ingest_iot_2")
 STARTED = time.monotonic()
 
 
@@ -131,9 +132,11 @@ def seed_blocks(step: int) -> list[str]:
 class Deployment:
     def __init__(self, work: Path) -> None:
         self.work = work
+        # Two ingest_iot replicas (deploy.replicas), each on a host port of the kernel's
+        # choosing (IOT_INGEST_PORT empty): the seed's <ingest_port> is the first one's.
         self.ports = {
             "IOT_UI_PORT": free_port(),
-            "IOT_INGEST_PORT": free_port(),
+            "IOT_INGEST_PORT": 0,
             "IOT_MQTT_PORT": free_port(),
             "IOT_MQTTS_PORT": free_port(),
         }
@@ -147,6 +150,7 @@ class Deployment:
         self.env_file = work / ".env"
         self.token = ""
         self.prov_token = ""
+        self.ingest_ports: list[int] = []
 
     def _environment(self) -> dict[str, str]:
         # Podman as CI's Debian 12 needs it: runc (crun fails on hybrid cgroups) and ulimits
@@ -251,7 +255,7 @@ class Deployment:
             exists = run(["podman", "container", "exists", name], env=self.env, check=False)
             if exists.returncode == 0:
                 raise Failed(f"a container named {name} exists already; remove it first")
-        lines = [f"{key}={value}" for key, value in {**self.secrets, **self.ports}.items()]
+        lines = [f"{key}={value or ''}" for key, value in {**self.secrets, **self.ports}.items()]
         lines += [f"{key}={tag}" for key, (tag, _) in IMAGES.items()]
         lines += [
             f"IOTCLOUD_BOOTSTRAP_TENANT={TENANT}",
@@ -259,20 +263,30 @@ class Deployment:
             "IOT_UI_BIND=127.0.0.1",
             "IOT_INGEST_BIND=127.0.0.1",
             "IOT_MQTTS_BIND=127.0.0.1",
+            f"IOT_INGEST_REPLICAS={len(INGEST)}",
         ]
         self.env_file.write_text("\n".join(lines) + "\n")
         self.compose("up", "-d")
         ui = f"http://127.0.0.1:{self.ports['IOT_UI_PORT']}/readyz"
-        ingest = f"http://127.0.0.1:{self.ports['IOT_INGEST_PORT']}/readyz"
         wait_for("ui_iot /readyz", lambda: http_ok(ui), timeout=180)
-        wait_for("ingest_iot /readyz", lambda: http_ok(ingest), timeout=120)
+        self.ingest_ports.clear()
+        for replica in INGEST:
+            published = self.podman("port", replica, "8001").strip().splitlines()[0]
+            port = int(published.rsplit(":", 1)[1])
+            self.ingest_ports.append(port)
+            ready = f"http://127.0.0.1:{port}/readyz"
+            wait_for(f"{replica} /readyz", lambda url=ready: http_ok(url), timeout=120)
+        self.ports["IOT_INGEST_PORT"] = self.ingest_ports[0]
         bootstrap = f"{PROJECT}_bootstrap_1"
         status = self.podman("wait", bootstrap, timeout=120).strip()
         output = self.podman("logs", bootstrap)
         if status != "0" or "admin" not in output:
             raise Failed(f"bootstrap exited {status}: {output}")
         log(f"compose up: console, device API ready; {output.strip()}")
-        for name in ("ui_iot", f"{PROJECT}_ingest_iot_1"):
+        migrated = self.compose("run", "--rm", "bootstrap", "iotcloud-start", "migrate")
+        assert "applied 0 migration(s)" in migrated, migrated
+        log("upgrade step (docs/deploy.md): compose run --rm bootstrap iotcloud-start migrate")
+        for name in ("ui_iot", *INGEST):
             self.podman("healthcheck", "run", name)  # the image's HEALTHCHECK (/readyz)
         created = json.loads(
             self.podman(
@@ -339,6 +353,13 @@ class Deployment:
         assert answer["accepted"] is True and answer["version"] == 1, answer
         assert self.bash(adapt(synced), extra=extra).strip() == "synced 1"
         log("seed step 7: device HTTP report, synced 1")
+        other = urllib.request.Request(
+            f"http://127.0.0.1:{self.ingest_ports[1]}/device/v1/shadow",
+            headers={"X-Provision-Token": self.prov_token},
+        )
+        with urllib.request.urlopen(other, timeout=10) as response:  # noqa: S310
+            assert json.loads(response.read())["version"] == 1
+        log("the second ingest_iot replica serves the same twin")
 
         (step8,) = seed_blocks(8)
         patched, delta = json_documents(self.bash(adapt(step8), extra=extra))
@@ -685,7 +706,7 @@ def main() -> int:
             ok = True
         except (Failed, AssertionError) as exc:
             print(f"deploy-test FAILED: {exc!r}", file=sys.stderr)
-            for name in (*NAMED, f"{PROJECT}_ingest_iot_1", f"{PROJECT}_bootstrap_1"):
+            for name in (*NAMED, *INGEST, f"{PROJECT}_bootstrap_1"):
                 logs = run(
                     ["podman", "logs", "--tail", "30", name], env=deployment.env, check=False
                 )
