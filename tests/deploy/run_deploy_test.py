@@ -445,6 +445,14 @@ class Deployment:
             "wrong token refused"
         )
 
+    def logs_clean(self) -> None:
+        """No service logged a traceback while the deployment ran."""
+        for name in (*NAMED, *INGEST):
+            logs = run(["podman", "logs", name], env=self.env)
+            if "Traceback" in logs.stdout + logs.stderr:
+                raise Failed(f"{name} logged a traceback:\n{logs.stdout}{logs.stderr}")
+        log("no traceback in any service's log")
+
     def backup_restore(self) -> None:
         dump = self.work / "iotcloud.dump"
         run([str(DEPLOY / "backup.sh"), "backup", str(dump)], env=self.env)
@@ -701,6 +709,7 @@ def main() -> int:
             deployment.up()
             deployment.seed()
             deployment.tls_device()
+            deployment.logs_clean()
             deployment.backup_restore()
             deployment.bad_input()
             ok = True
