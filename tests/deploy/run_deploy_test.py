@@ -151,6 +151,9 @@ class Deployment:
         self.token = ""
         self.prov_token = ""
         self.ingest_ports: list[int] = []
+        # Every volume there before the run (anonymous ones too): the teardown checks that no
+        # other is left, not only the project's named ones.
+        self.volumes_before = set(self._volumes())
 
     def _environment(self) -> dict[str, str]:
         # Podman as CI's Debian 12 needs it: runc (crun fails on hybrid cgroups) and ulimits
@@ -286,8 +289,8 @@ class Deployment:
         migrated = self.compose("run", "--rm", "bootstrap", "iotcloud-start", "migrate")
         assert "applied 0 migration(s)" in migrated, migrated
         log("upgrade step (docs/deploy.md): compose run --rm bootstrap iotcloud-start migrate")
-        for name in ("ui_iot", *INGEST):
-            self.podman("healthcheck", "run", name)  # the image's HEALTHCHECK (/readyz)
+        for name in ("ui_iot", *INGEST, "iot-mosquitto", "iot-postgres"):
+            self.podman("healthcheck", "run", name)  # each image's HEALTHCHECK
         created = json.loads(
             self.podman(
                 "exec", "ui_iot", "iotcloud", "device", "create", "--tenant", TENANT, "--id", DEVICE
@@ -552,7 +555,7 @@ class Deployment:
         ) -> None:
             flags = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
             name = f"{PROJECT}-badinput"
-            run(["podman", "rm", "-f", name], env=self.env, check=False)
+            run(["podman", "rm", "-f", "-v", name], env=self.env, check=False)
             self.podman(
                 "run",
                 "-d",
@@ -571,7 +574,7 @@ class Deployment:
                 status = int(self.podman("wait", name, timeout=120).strip())
                 logs = run(["podman", "logs", name], env=self.env)
             finally:
-                run(["podman", "rm", "-f", name], env=self.env, check=False)
+                run(["podman", "rm", "-f", "-v", name], env=self.env, check=False)
             lines = (logs.stdout + logs.stderr).strip().splitlines()
             if status != code or len(lines) != 1 or expect not in lines[0]:
                 raise Failed(f"{label}: exit {status}, container log {lines!r}")
@@ -649,6 +652,133 @@ class Deployment:
             raise Failed(f"port in use: exit {result.returncode}, output {lines!r}")
         log(f"bad input, port in use: exit 2: {lines[0]}")
 
+    def own_certificate(self) -> None:
+        """IOTCLOUD_TLS_CERT/KEY: the broker serves an operator's certificate on 8883."""
+        certs = self.work / "own-tls"
+        certs.mkdir()
+        openssl = [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ]
+        run(
+            [
+                *openssl,
+                "-subj",
+                "/CN=own CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-keyout",
+                str(certs / "ca.key"),
+                "-out",
+                str(certs / "ca.pem"),
+            ]
+        )
+        run(
+            [
+                "openssl",
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                str(certs / "key.pem"),
+                "-out",
+                str(certs / "req.csr"),
+            ]
+        )
+        (certs / "ext").write_text("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+        run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(certs / "req.csr"),
+                "-CA",
+                str(certs / "ca.pem"),
+                "-CAkey",
+                str(certs / "ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                str(certs / "ext"),
+                "-out",
+                str(certs / "cert.pem"),
+            ]
+        )
+        for path in certs.iterdir():
+            path.chmod(0o644)  # readable by the broker's user in the container
+        name = f"{PROJECT}-owncert"
+        broker = IMAGES["IOT_BROKER_IMAGE"][0]
+        env = {
+            "POSTGRES_PASSWORD": self.secrets["POSTGRES_PASSWORD"],
+            "IOTCLOUD_BROKER_SERVICE_PASSWORD": self.secrets["IOTCLOUD_BROKER_SERVICE_PASSWORD"],
+            "IOTCLOUD_TLS_CERT": "/tls-own/cert.pem",
+            "IOTCLOUD_TLS_KEY": "/tls-own/key.pem",
+        }
+        flags = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
+        self.podman(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--no-healthcheck",
+            "--network",
+            f"{PROJECT}_default",
+            "--label",
+            f"io.podman.compose.project={PROJECT}",
+            "-v",
+            f"{certs}:/tls-own:ro",
+            *flags,
+            broker,
+        )
+        try:
+
+            def served() -> bool:
+                probe = run(
+                    [
+                        "podman",
+                        "exec",
+                        name,
+                        "mosquitto_sub",
+                        "-p",
+                        "8883",
+                        "--cafile",
+                        "/tls-own/ca.pem",
+                        "-t",
+                        "$SYS/broker/uptime",
+                        "-C",
+                        "1",
+                        "-W",
+                        "3",
+                    ],
+                    env=self.env,
+                    check=False,
+                )
+                return probe.returncode == 0
+
+            wait_for("the broker with the operator's certificate", served, timeout=30)
+        finally:
+            run(["podman", "rm", "-f", "-v", name], env=self.env, check=False)
+        log("own certificate: the broker serves IOTCLOUD_TLS_CERT on 8883 (verified by its CA)")
+
+    def _volumes(self) -> list[str]:
+        return self.podman("volume", "ls", "-q", check=False).split()
+
     def teardown(self) -> None:
         """compose down -v, then whatever it missed; then check nothing of ours is left."""
         label = f"io.podman.compose.project={PROJECT}"
@@ -683,7 +813,7 @@ class Deployment:
         self.podman("network", "rm", "-f", f"{PROJECT}_default", check=False)
         left = (
             self.podman("ps", "-aq", "--filter", f"label={label}", check=False).split()
-            + self.podman("volume", "ls", "-q", "--filter", f"name={PROJECT}_", check=False).split()
+            + [v for v in self._volumes() if v.startswith(PROJECT) or v not in self.volumes_before]
             + [
                 n
                 for n in self.podman("network", "ls", "--format", "{{.Name}}", check=False).split()
@@ -712,6 +842,7 @@ def main() -> int:
             deployment.logs_clean()
             deployment.backup_restore()
             deployment.bad_input()
+            deployment.own_certificate()
             ok = True
         except (Failed, AssertionError) as exc:
             print(f"deploy-test FAILED: {exc!r}", file=sys.stderr)
