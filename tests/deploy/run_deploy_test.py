@@ -652,6 +652,45 @@ class Deployment:
             raise Failed(f"port in use: exit {result.returncode}, output {lines!r}")
         log(f"bad input, port in use: exit 2: {lines[0]}")
 
+    def compose_bad_secret(self) -> None:
+        """Through compose: ingest_iot without its secret stops, its log one line per try, and
+        restarts only as often as compose.yaml allows (no endless loop). Runs last."""
+        good = self.env_file.read_text()
+        self.env_file.write_text(
+            "\n".join(
+                "IOTCLOUD_JWT_SECRET=" if line.startswith("IOTCLOUD_JWT_SECRET=") else line
+                for line in good.splitlines()
+            )
+            + "\n"
+        )
+        expected = "ingest_iot: IOTCLOUD_JWT_SECRET is not set (see deploy/.env.example)"
+        try:
+            self.compose("up", "-d", "--no-deps", "--force-recreate", "ingest_iot")
+            for replica in INGEST:
+
+                def inspect(name: str = replica) -> list[str]:
+                    return self.podman(
+                        "inspect",
+                        "--format",
+                        "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
+                        name,
+                    ).split()
+
+                wait_for(f"{replica} to stop for good", lambda i=inspect: i()[0] == "exited", 90)
+                time.sleep(3)  # a restart the policy would still make shows up by now
+                status, code, restarts = inspect()
+                logs = run(["podman", "logs", replica], env=self.env)
+                lines = (logs.stdout + logs.stderr).strip().splitlines()
+                assert (status, code) == ("exited", "2"), (status, code)
+                assert int(restarts) <= 3, f"{replica} restarted {restarts} times"
+                assert lines and {line.strip() for line in lines} == {expected}, lines
+        finally:
+            self.env_file.write_text(good)
+        log(
+            f"compose, missing secret: ingest_iot exited 2 after {restarts} restart(s), "
+            "one line each"
+        )
+
     def own_certificate(self) -> None:
         """IOTCLOUD_TLS_CERT/KEY: the broker serves an operator's certificate on 8883."""
         certs = self.work / "own-tls"
@@ -843,6 +882,7 @@ def main() -> int:
             deployment.backup_restore()
             deployment.bad_input()
             deployment.own_certificate()
+            deployment.compose_bad_secret()  # last: it leaves ingest_iot stopped
             ok = True
         except (Failed, AssertionError) as exc:
             print(f"deploy-test FAILED: {exc!r}", file=sys.stderr)
