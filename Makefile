@@ -86,7 +86,7 @@ soak: setup
 test: setup lint test-python test-chaos test-frontend test-browser
 
 # The deployment (deploy/compose.yaml) built and run with Podman: the seed's steps 1-8 through
-# docker exec, a TLS device, backup and restore, start-up errors; tests/deploy/run_deploy_test.py.
+# docker exec, a TLS device, backup and restore, start-up errors; tests/deploy/run_deployment.py.
 # Podman, runc and debootstrap come from Debian's packages (installed when root on apt),
 # podman-compose from requirements.lock.
 test-deploy: setup
@@ -98,7 +98,7 @@ test-deploy: setup
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null && missing=""; \
 	fi; \
 	if [ -n "$$missing" ]; then echo "make test-deploy needs:$$missing"; exit 1; fi
-	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/python tests/deploy/run_deploy_test.py
+	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/python tests/deploy/run_deployment.py
 
 bench: setup bench-tools
 	$(BIN)/python bench/run_all.py

@@ -11,7 +11,7 @@ or network of the project is left. The images stay in Podman's store as the next
 The only changes to the seed's commands: `localhost:8000` becomes the UI port this run
 publishes, `<ingest_port>` the ingest port, `tok-your-device-token` the device's real token
 (the seed leaves those to the reader); the `python3 -c` blocks of step 2 run in ui_iot.
-Standard library only; run with `python tests/deploy/run_deploy_test.py` (root, Podman).
+Standard library only; run with `python tests/deploy/run_deployment.py` (root, Podman).
 """
 
 from __future__ import annotations
