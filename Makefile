@@ -8,7 +8,7 @@ FRONTEND_STAMP := frontend/node_modules/.installed-stamp
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.* frontend/tsconfig*.json -type f 2>/dev/null)
 
 
-.PHONY: broker-plugin setup run test test-python test-frontend test-browser test-chaos soak lint bench bench-tools schema lock clean
+.PHONY: broker-plugin setup run test test-deploy test-python test-frontend test-browser test-chaos soak lint bench bench-tools schema lock clean
 
 setup: $(STAMP) frontend/dist/index.html broker-plugin
 
@@ -84,6 +84,21 @@ soak: setup
 	$(BIN)/python -m tests.chaos.soak --duration 1800 --devices 30 --report docs/reliability.md
 
 test: setup lint test-python test-chaos test-frontend test-browser
+
+# The deployment (deploy/compose.yaml) built and run with Podman: the seed's steps 1-8 through
+# docker exec, a TLS device, backup and restore, start-up errors; tests/deploy/run_deployment.py.
+# Podman, runc and debootstrap come from Debian's packages (installed when root on apt),
+# podman-compose from requirements.lock.
+test-deploy: setup
+	@missing=""; \
+	for tool in podman:podman runc:runc debootstrap:debootstrap mosquitto_sub:mosquitto-clients; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool#*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing$$missing (for the deployment test)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null && missing=""; \
+	fi; \
+	if [ -n "$$missing" ]; then echo "make test-deploy needs:$$missing"; exit 1; fi
+	PATH="$$PATH:/usr/sbin:/sbin" $(BIN)/python tests/deploy/run_deployment.py
 
 bench: setup bench-tools
 	$(BIN)/python bench/run_all.py

@@ -314,6 +314,8 @@ class JobRunner:
                             conn, age=JOB_RETENTION, limit=1
                         ):
                             break
+            except db.RETRYABLE_ERRORS as exc:  # the database away for a while: no traceback
+                log.warning("fleet job retention lost the database; trying again later: %r", exc)
             except Exception:
                 log.exception("fleet job retention failed; trying again later")
             await asyncio.sleep(_RETENTION_INTERVAL_S)
