@@ -110,6 +110,43 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE FUNCTION public.named_shadow_changed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    was_pending boolean := TG_OP <> 'INSERT'
+        AND twin_awaits_report(OLD.desired_version, OLD.reported_version);
+    is_pending boolean := TG_OP <> 'DELETE'
+        AND twin_awaits_report(NEW.desired_version, NEW.reported_version);
+    r device_shadows%ROWTYPE;
+BEGIN
+    IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+    IF TG_OP = 'UPDATE' AND NEW.document_version = OLD.document_version
+       AND NEW.published_version <> OLD.published_version THEN
+        RETURN NULL;  -- the publisher recording what went out: not a change of the shadow
+    END IF;
+    IF TG_OP <> 'UPDATE' OR NEW.document_version <> OLD.document_version THEN
+        INSERT INTO twin_events (tenant_id, device_id, kind, shadow, desired_version,
+                                 reported_version, last_seen)
+        SELECT r.tenant_id, r.device_id, 'shadow', r.name,
+               CASE WHEN TG_OP = 'DELETE' THEN -1 ELSE r.desired_version END,
+               r.reported_version, s.last_seen
+        FROM device_state s WHERE s.device_id = r.device_id;
+        PERFORM pg_notify('iot_twin_event', '');
+    END IF;
+    IF TG_OP <> 'DELETE' AND NEW.desired_version > NEW.published_version THEN
+        PERFORM pg_notify('iot_desired', NEW.device_id);
+    END IF;
+    IF was_pending <> is_pending
+       AND EXISTS (SELECT 1 FROM tenants t WHERE t.tenant_id = r.tenant_id) THEN
+        INSERT INTO tenant_device_counts AS c (tenant_id, slot, devices, shadows_pending)
+        VALUES (r.tenant_id, pg_backend_pid() % 16, 0, CASE WHEN is_pending THEN 1 ELSE -1 END)
+        ON CONFLICT (tenant_id, slot) DO UPDATE
+            SET shadows_pending = c.shadows_pending + EXCLUDED.shadows_pending;
+    END IF;
+    RETURN NULL;
+END $$;
+
 CREATE FUNCTION public.notify_broker_credentials() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -131,6 +168,22 @@ CREATE FUNCTION public.notify_fleet_job() RETURNS trigger
     AS $$
 BEGIN
     PERFORM pg_notify('iot_fleet_job', NEW.job_id::text);
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION public.notify_shadow_outbox() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_notify('iot_desired', '');
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION public.notify_user_changed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_notify('iot_user_changed', OLD.user_id::text);
     RETURN NULL;
 END $$;
 
@@ -169,15 +222,17 @@ CREATE FUNCTION public.record_twin_events_updated() RETURNS trigger
     AS $$
 BEGIN
     INSERT INTO twin_events (tenant_id, device_id, kind, desired_version, reported_version,
-                             last_seen, connected, connected_at, disconnected_at)
+                             last_seen, connected, connected_at, disconnected_at,
+                             rejected_version)
     SELECT n.tenant_id, n.device_id, k.kind, n.desired_version, n.reported_version,
-           n.last_seen, n.connected, n.connected_at, n.disconnected_at
+           n.last_seen, n.connected, n.connected_at, n.disconnected_at, n.rejected_version
     FROM updated_new n JOIN updated_old o USING (device_id)
     CROSS JOIN LATERAL (VALUES
         ('twin',
          n.desired_version IS DISTINCT FROM o.desired_version
          OR n.reported_version IS DISTINCT FROM o.reported_version
          OR n.shadow_updated_at IS DISTINCT FROM o.shadow_updated_at
+         OR n.rejected_version IS DISTINCT FROM o.rejected_version
          OR (o.last_seen IS NULL AND n.last_seen IS NOT NULL)
          OR (n.last_seen > o.last_seen + interval '5 minutes' AND NOT o.connected)),
         ('presence',
@@ -216,6 +271,26 @@ CREATE FUNCTION public.twin_has_sync_status(status text, desired_version bigint,
                             AND twin_awaits_report(desired_version, reported_version) IS TRUE
     END
 $$;
+
+CREATE TABLE public.audit_log (
+    id bigint NOT NULL,
+    tenant_id text,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    actor text NOT NULL,
+    action text NOT NULL,
+    target text DEFAULT ''::text NOT NULL,
+    detail jsonb DEFAULT '{}'::jsonb NOT NULL,
+    ip text
+);
+
+ALTER TABLE public.audit_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.audit_log_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 CREATE TABLE public.devices (
     device_id text NOT NULL,
@@ -256,6 +331,28 @@ UNION ALL
     (('tenant/+/device/'::text || broker_credentials.username) || '/shadow/#'::text) AS topic
    FROM public.broker_credentials;
 
+CREATE TABLE public.device_certificates (
+    certificate_id text NOT NULL,
+    tenant_id text NOT NULL,
+    device_id text NOT NULL,
+    certificate_pem text NOT NULL,
+    origin text NOT NULL,
+    subject text NOT NULL,
+    self_signed boolean NOT NULL,
+    not_after timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT device_certificates_certificate_id_check CHECK ((certificate_id ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT device_certificates_origin_check CHECK ((origin = ANY (ARRAY['issued'::text, 'registered'::text])))
+);
+
+CREATE VIEW public.broker_certificates AS
+ SELECT c.certificate_id AS fingerprint,
+    d.device_id AS username,
+    d.tenant_id
+   FROM (public.device_certificates c
+     JOIN public.devices d ON (((d.device_id = c.device_id) AND (d.tenant_id = c.tenant_id))))
+  WHERE (d.revoked_at IS NULL);
+
 CREATE TABLE public.broker_delivery (
     broker text NOT NULL,
     epoch text NOT NULL,
@@ -271,6 +368,13 @@ CREATE SEQUENCE public.desired_publish_seq
     NO MAXVALUE
     CACHE 1;
 
+CREATE TABLE public.device_cas (
+    tenant_id text NOT NULL,
+    certificate_pem text NOT NULL,
+    key_pem text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 CREATE TABLE public.device_models (
     tenant_id text NOT NULL,
     model_id text NOT NULL,
@@ -279,6 +383,26 @@ CREATE TABLE public.device_models (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT device_models_model_id_check CHECK ((model_id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'::text))
+);
+
+CREATE TABLE public.device_shadows (
+    device_id text NOT NULL,
+    name text NOT NULL,
+    tenant_id text NOT NULL,
+    desired_state jsonb DEFAULT '{}'::jsonb NOT NULL,
+    reported_state jsonb DEFAULT '{}'::jsonb NOT NULL,
+    desired_metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    reported_metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    desired_version bigint DEFAULT 0 NOT NULL,
+    reported_version bigint DEFAULT 0 NOT NULL,
+    document_version bigint DEFAULT 0 NOT NULL,
+    published_version bigint DEFAULT 0 NOT NULL,
+    reported_seq bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    shadow_updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT device_shadows_desired_version_check CHECK ((desired_version >= 0)),
+    CONSTRAINT device_shadows_name_check CHECK ((name ~ '^[a-zA-Z0-9:_-]{1,64}$'::text)),
+    CONSTRAINT device_shadows_reported_version_check CHECK ((reported_version >= 0))
 );
 
 CREATE TABLE public.device_state (
@@ -299,8 +423,21 @@ CREATE TABLE public.device_state (
     presence_broker text,
     published_seq bigint DEFAULT 0 NOT NULL,
     reported_seq bigint,
+    document_version bigint DEFAULT 0 NOT NULL,
+    rejected jsonb,
+    rejected_version bigint,
     CONSTRAINT device_state_desired_version_check CHECK ((desired_version >= 0)),
     CONSTRAINT device_state_reported_version_check CHECK ((reported_version >= 0))
+);
+
+CREATE TABLE public.fleet_count_samples (
+    tenant_id text NOT NULL,
+    at timestamp with time zone NOT NULL,
+    total bigint NOT NULL,
+    synced bigint NOT NULL,
+    pending bigint NOT NULL,
+    stale bigint NOT NULL,
+    connected bigint NOT NULL
 );
 
 CREATE TABLE public.fleet_job_devices (
@@ -336,10 +473,74 @@ CREATE TABLE public.retained_cleanup (
     deleted_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE public.rollout_devices (
+    rollout_id uuid NOT NULL,
+    device_id text NOT NULL,
+    "position" bigint NOT NULL,
+    stage integer NOT NULL,
+    outcome text,
+    version bigint,
+    revert jsonb,
+    error text,
+    reverted boolean DEFAULT false NOT NULL,
+    revert_version bigint,
+    CONSTRAINT rollout_devices_outcome_check CHECK ((outcome = ANY (ARRAY['written'::text, 'skipped'::text, 'failed'::text])))
+);
+
+CREATE TABLE public.rollouts (
+    rollout_id uuid NOT NULL,
+    tenant_id text NOT NULL,
+    filter jsonb NOT NULL,
+    patch jsonb NOT NULL,
+    stages jsonb NOT NULL,
+    stage_ends bigint[] NOT NULL,
+    success jsonb NOT NULL,
+    on_failure text NOT NULL,
+    state text DEFAULT 'running'::text NOT NULL,
+    stage integer DEFAULT 0 NOT NULL,
+    stage_written_at timestamp with time zone,
+    matched bigint NOT NULL,
+    reason text,
+    created_by text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT rollouts_on_failure_check CHECK ((on_failure = ANY (ARRAY['pause'::text, 'revert'::text]))),
+    CONSTRAINT rollouts_state_check CHECK ((state = ANY (ARRAY['running'::text, 'paused'::text, 'reverting'::text, 'reverted'::text, 'done'::text, 'aborted'::text])))
+);
+
 CREATE TABLE public.schema_migrations (
     version integer NOT NULL,
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE public.shadow_outbox (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    device_id text NOT NULL,
+    shadow text NOT NULL,
+    delta jsonb,
+    documents jsonb,
+    devices text[],
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT shadow_outbox_check CHECK (((documents IS NULL) = (devices IS NOT NULL)))
+);
+
+ALTER TABLE public.shadow_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.shadow_outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.sign_in_failures (
+    key text NOT NULL,
+    failures integer NOT NULL,
+    first_at timestamp with time zone NOT NULL,
+    locked_until timestamp with time zone
 );
 
 CREATE TABLE public.tenant_device_counts (
@@ -347,7 +548,8 @@ CREATE TABLE public.tenant_device_counts (
     slot smallint NOT NULL,
     devices bigint NOT NULL,
     pending bigint DEFAULT 0 NOT NULL,
-    connected bigint DEFAULT 0 NOT NULL
+    connected bigint DEFAULT 0 NOT NULL,
+    shadows_pending bigint DEFAULT 0 NOT NULL
 );
 
 CREATE TABLE public.tenants (
@@ -376,7 +578,9 @@ CREATE TABLE public.twin_events (
     connected boolean,
     connected_at timestamp with time zone,
     disconnected_at timestamp with time zone,
-    CONSTRAINT twin_events_kind_check CHECK ((kind = ANY (ARRAY['twin'::text, 'deleted'::text, 'presence'::text])))
+    shadow text DEFAULT ''::text NOT NULL,
+    rejected_version bigint,
+    CONSTRAINT twin_events_kind_check CHECK ((kind = ANY (ARRAY['twin'::text, 'deleted'::text, 'presence'::text, 'shadow'::text])))
 );
 
 ALTER TABLE public.twin_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -398,9 +602,11 @@ CREATE TABLE public.twin_history (
     actor_email text,
     version bigint NOT NULL,
     patch jsonb NOT NULL,
-    CONSTRAINT twin_history_actor_type_check CHECK ((actor_type = ANY (ARRAY['user'::text, 'device'::text]))),
+    shadow text DEFAULT ''::text NOT NULL,
+    actor_id text,
+    CONSTRAINT twin_history_actor_type_check CHECK ((actor_type = ANY (ARRAY['user'::text, 'device'::text, 'rollout'::text]))),
     CONSTRAINT twin_history_check CHECK (((actor_type = 'user'::text) = (actor_email IS NOT NULL))),
-    CONSTRAINT twin_history_kind_check CHECK ((kind = ANY (ARRAY['desired'::text, 'reported'::text])))
+    CONSTRAINT twin_history_kind_check CHECK ((kind = ANY (ARRAY['desired'::text, 'reported'::text, 'rejected'::text])))
 );
 
 ALTER TABLE public.twin_history ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -419,6 +625,9 @@ CREATE TABLE public.users (
     password_hash text NOT NULL,
     role text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    disabled boolean DEFAULT false NOT NULL,
+    token_version bigint DEFAULT 0 NOT NULL,
+    last_login_at timestamp with time zone,
     CONSTRAINT users_role_check CHECK ((role = ANY (ARRAY['viewer'::text, 'operator'::text, 'admin'::text])))
 );
 
@@ -431,11 +640,23 @@ ALTER TABLE public.users ALTER COLUMN user_id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+ALTER TABLE ONLY public.audit_log
+    ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.broker_delivery
     ADD CONSTRAINT broker_delivery_pkey PRIMARY KEY (broker);
 
+ALTER TABLE ONLY public.device_cas
+    ADD CONSTRAINT device_cas_pkey PRIMARY KEY (tenant_id);
+
+ALTER TABLE ONLY public.device_certificates
+    ADD CONSTRAINT device_certificates_pkey PRIMARY KEY (certificate_id);
+
 ALTER TABLE ONLY public.device_models
     ADD CONSTRAINT device_models_pkey PRIMARY KEY (tenant_id, model_id);
+
+ALTER TABLE ONLY public.device_shadows
+    ADD CONSTRAINT device_shadows_pkey PRIMARY KEY (device_id, name);
 
 ALTER TABLE ONLY public.device_state
     ADD CONSTRAINT device_state_pkey PRIMARY KEY (device_id);
@@ -446,6 +667,9 @@ ALTER TABLE ONLY public.devices
 ALTER TABLE ONLY public.devices
     ADD CONSTRAINT devices_token_hash_key UNIQUE (token_hash);
 
+ALTER TABLE ONLY public.fleet_count_samples
+    ADD CONSTRAINT fleet_count_samples_pkey PRIMARY KEY (tenant_id, at);
+
 ALTER TABLE ONLY public.fleet_job_devices
     ADD CONSTRAINT fleet_job_devices_pkey PRIMARY KEY (job_id, device_id);
 
@@ -455,8 +679,20 @@ ALTER TABLE ONLY public.fleet_jobs
 ALTER TABLE ONLY public.retained_cleanup
     ADD CONSTRAINT retained_cleanup_pkey PRIMARY KEY (device_id);
 
+ALTER TABLE ONLY public.rollout_devices
+    ADD CONSTRAINT rollout_devices_pkey PRIMARY KEY (rollout_id, device_id);
+
+ALTER TABLE ONLY public.rollouts
+    ADD CONSTRAINT rollouts_pkey PRIMARY KEY (rollout_id);
+
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY public.shadow_outbox
+    ADD CONSTRAINT shadow_outbox_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.sign_in_failures
+    ADD CONSTRAINT sign_in_failures_pkey PRIMARY KEY (key);
 
 ALTER TABLE ONLY public.tenant_device_counts
     ADD CONSTRAINT tenant_device_counts_pkey PRIMARY KEY (tenant_id, slot);
@@ -479,11 +715,27 @@ ALTER TABLE ONLY public.twin_history
 ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_pkey PRIMARY KEY (user_id);
 
+CREATE INDEX audit_log_at ON public.audit_log USING btree (at);
+
+CREATE INDEX audit_log_tenant ON public.audit_log USING btree (tenant_id, id DESC);
+
+CREATE INDEX audit_log_tenant_action ON public.audit_log USING btree (tenant_id, action, id DESC);
+
+CREATE INDEX audit_log_tenant_actor ON public.audit_log USING btree (tenant_id, actor, id DESC);
+
+CREATE INDEX device_certificates_device ON public.device_certificates USING btree (device_id);
+
 CREATE INDEX device_state_tenant ON public.device_state USING btree (tenant_id, device_id);
 
 CREATE INDEX devices_model ON public.devices USING btree (tenant_id, model_id, device_id) WHERE ((model_id IS NOT NULL) AND (revoked_at IS NULL));
 
 CREATE INDEX devices_tenant_live ON public.devices USING btree (tenant_id, device_id) WHERE (revoked_at IS NULL);
+
+CREATE INDEX idx_device_shadows_pending ON public.device_shadows USING btree (tenant_id, device_id, name) WHERE (desired_version > reported_version);
+
+CREATE INDEX idx_device_shadows_tenant_name ON public.device_shadows USING btree (tenant_id, name);
+
+CREATE INDEX idx_device_shadows_unpublished ON public.device_shadows USING btree (device_id, name) WHERE (desired_version > published_version);
 
 CREATE INDEX idx_device_state_connected ON public.device_state USING btree (tenant_id, device_id) WHERE connected;
 
@@ -495,6 +747,8 @@ CREATE INDEX idx_device_state_last_seen ON public.device_state USING btree (tena
 
 CREATE INDEX idx_device_state_pending_last_seen ON public.device_state USING btree (tenant_id, last_seen NULLS FIRST) WHERE (desired_version > reported_version);
 
+CREATE INDEX idx_device_state_rejected ON public.device_state USING btree (tenant_id, device_id) WHERE (rejected_version IS NOT NULL);
+
 CREATE INDEX idx_device_state_shadow_pending ON public.device_state USING btree (tenant_id, device_id) WHERE (desired_version > reported_version);
 
 CREATE INDEX idx_device_state_unpublished ON public.device_state USING btree (device_id) WHERE (desired_version > published_version);
@@ -505,11 +759,21 @@ CREATE INDEX idx_devices_name_trgm ON public.devices USING gin (name public.gin_
 
 CREATE INDEX idx_devices_tags ON public.devices USING gin (tags jsonb_path_ops) WHERE (revoked_at IS NULL);
 
+CREATE INDEX idx_fleet_count_samples_at ON public.fleet_count_samples USING btree (at);
+
 CREATE INDEX idx_fleet_job_devices_todo ON public.fleet_job_devices USING btree (job_id, device_id) WHERE (outcome IS NULL);
 
 CREATE INDEX idx_fleet_jobs_running ON public.fleet_jobs USING btree (updated_at) WHERE (status = 'running'::text);
 
 CREATE INDEX idx_fleet_jobs_tenant ON public.fleet_jobs USING btree (tenant_id, created_at DESC);
+
+CREATE INDEX idx_rollout_devices_device ON public.rollout_devices USING btree (device_id);
+
+CREATE INDEX idx_rollout_devices_stage ON public.rollout_devices USING btree (rollout_id, stage, device_id);
+
+CREATE INDEX idx_rollouts_active ON public.rollouts USING btree (created_at) WHERE (state = ANY (ARRAY['running'::text, 'reverting'::text]));
+
+CREATE INDEX idx_rollouts_tenant ON public.rollouts USING btree (tenant_id, created_at DESC);
 
 CREATE INDEX idx_twin_events_at ON public.twin_events USING btree (at);
 
@@ -523,7 +787,13 @@ CREATE INDEX twin_history_device ON public.twin_history USING btree (device_id, 
 
 CREATE UNIQUE INDEX users_email_key ON public.users USING btree (lower(email));
 
+CREATE INDEX users_tenant ON public.users USING btree (tenant_id, user_id);
+
 CREATE STATISTICS public.device_state_pending_stats ON (desired_version > reported_version) FROM public.device_state;
+
+CREATE TRIGGER device_certificates_removed AFTER DELETE ON public.device_certificates FOR EACH ROW EXECUTE FUNCTION public.notify_broker_credentials();
+
+CREATE TRIGGER device_shadows_changed AFTER INSERT OR DELETE OR UPDATE ON public.device_shadows FOR EACH ROW EXECUTE FUNCTION public.named_shadow_changed();
 
 CREATE TRIGGER device_state_count_delete AFTER DELETE ON public.device_state REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION public.count_devices_removed();
 
@@ -561,8 +831,29 @@ CREATE TRIGGER fleet_job_queued AFTER INSERT ON public.fleet_jobs FOR EACH ROW E
 
 CREATE TRIGGER retained_cleanup_added AFTER INSERT ON public.retained_cleanup FOR EACH ROW EXECUTE FUNCTION public.notify_desired_changed();
 
+CREATE TRIGGER shadow_outbox_added AFTER INSERT ON public.shadow_outbox FOR EACH STATEMENT EXECUTE FUNCTION public.notify_shadow_outbox();
+
+CREATE TRIGGER users_deleted AFTER DELETE ON public.users FOR EACH ROW EXECUTE FUNCTION public.notify_user_changed();
+
+CREATE TRIGGER users_tokens_changed AFTER UPDATE OF token_version, disabled, role, password_hash ON public.users FOR EACH ROW WHEN (((old.token_version IS DISTINCT FROM new.token_version) OR (old.disabled IS DISTINCT FROM new.disabled) OR (old.role IS DISTINCT FROM new.role) OR (old.password_hash IS DISTINCT FROM new.password_hash))) EXECUTE FUNCTION public.notify_user_changed();
+
+ALTER TABLE ONLY public.audit_log
+    ADD CONSTRAINT audit_log_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.device_cas
+    ADD CONSTRAINT device_cas_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.device_certificates
+    ADD CONSTRAINT device_certificates_device_id_fkey FOREIGN KEY (device_id) REFERENCES public.devices(device_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.device_certificates
+    ADD CONSTRAINT device_certificates_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.device_models
     ADD CONSTRAINT device_models_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.device_shadows
+    ADD CONSTRAINT device_shadows_device_id_fkey FOREIGN KEY (device_id) REFERENCES public.devices(device_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.device_state
     ADD CONSTRAINT device_state_device_id_fkey FOREIGN KEY (device_id) REFERENCES public.devices(device_id) ON DELETE CASCADE;
@@ -576,11 +867,20 @@ ALTER TABLE ONLY public.devices
 ALTER TABLE ONLY public.devices
     ADD CONSTRAINT devices_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.fleet_count_samples
+    ADD CONSTRAINT fleet_count_samples_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.fleet_job_devices
     ADD CONSTRAINT fleet_job_devices_job_id_fkey FOREIGN KEY (job_id) REFERENCES public.fleet_jobs(job_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.fleet_jobs
     ADD CONSTRAINT fleet_jobs_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.rollout_devices
+    ADD CONSTRAINT rollout_devices_rollout_id_fkey FOREIGN KEY (rollout_id) REFERENCES public.rollouts(rollout_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.rollouts
+    ADD CONSTRAINT rollouts_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.tenant_device_counts
     ADD CONSTRAINT tenant_device_counts_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
