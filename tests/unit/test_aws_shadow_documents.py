@@ -116,6 +116,7 @@ def test_named_shadow_events_carry_the_name() -> None:
         "reported_version": 1,
         "last_seen": AT,
         "at": AT,
+        "rejected_version": None,
     }
     frame = _frame(row, stale_after=timedelta(hours=1))  # type: ignore[arg-type]
     assert frame.startswith(b"id: 7\nevent: shadow\ndata: ")
