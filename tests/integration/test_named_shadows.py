@@ -237,7 +237,14 @@ async def test_fleet_summary_by_shadow(stack: Stack) -> None:
     classic = (await stack.ui.get("/customer/fleet/summary", headers=admin)).json()
     assert classic["total"] == 2
     named = (await stack.ui.get("/customer/fleet/summary?shadow=cfg", headers=admin)).json()
-    assert named == {"total": 1, "synced": 0, "pending": 0, "stale": 1, "connected": 0}
+    assert named == {
+        "total": 1,
+        "synced": 0,
+        "pending": 0,
+        "stale": 1,
+        "connected": 0,
+        "rejected": 0,
+    }
     none = (await stack.ui.get("/customer/fleet/summary?shadow=other", headers=admin)).json()
     assert none["total"] == 0
     bad = await stack.ui.get("/customer/fleet/summary?shadow=no%20way", headers=admin)

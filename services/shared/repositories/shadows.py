@@ -12,12 +12,13 @@ from shared.db import Connection
 _NAMED_COLUMNS = """n.device_id, n.tenant_id, n.name, n.desired_state, n.reported_state,
        n.desired_metadata, n.reported_metadata, n.desired_version, n.reported_version,
        n.document_version, n.reported_seq, n.shadow_updated_at, n.created_at,
-       s.last_seen, s.connected, s.connected_at, s.disconnected_at"""
+       s.last_seen, s.connected, s.connected_at, s.disconnected_at,
+       NULL::jsonb AS rejected, NULL::bigint AS rejected_version"""
 
 _CLASSIC_COLUMNS = """s.device_id, s.tenant_id, '' AS name, s.desired_state, s.reported_state,
        s.desired_metadata, s.reported_metadata, s.desired_version, s.reported_version,
        s.document_version, s.reported_seq, s.shadow_updated_at, NULL::timestamptz AS created_at,
-       s.last_seen, s.connected, s.connected_at, s.disconnected_at"""
+       s.last_seen, s.connected, s.connected_at, s.disconnected_at, s.rejected, s.rejected_version"""
 
 
 async def get(
