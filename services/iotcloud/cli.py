@@ -719,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_import.add_argument("--out", help="write device_id,provision_token here (mode 0600)")
     device_import.add_argument("--force", action="store_true", help="overwrite --out")
     device_import.set_defaults(handler=cmd_device_import)
-    cli_certs.register(device).set_defaults(handler=cmd_device_cert)
+    cli_certs.register(device, _command, TENANT_HELP, DEVICE_HELP).set_defaults(
+        handler=cmd_device_cert
+    )
 
     serve = _command(
         sub,
@@ -782,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-every", type=float, default=2.0, help="seconds between progress lines"
     )
     simulate.add_argument(
-        "--reject-key", help="refuse desired versions setting KEY (or KEY=VALUE) (SPEC §11)"
+        "--reject-key",
+        help="refuse desired versions setting KEY (or KEY=VALUE); the device reports a rejection",
     )
     simulate.set_defaults(handler=cmd_simulate)
 
@@ -813,11 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
     set_desired.add_argument("--workers", type=int, default=4, help="concurrent batches")
     set_desired.add_argument("--batch-size", type=int, default=500, help="devices per batch")
     set_desired.set_defaults(handler=cmd_fleet_set_desired)
-    cli_rollouts.add_parser(fleet)
+    cli_rollouts.add_parser(fleet, _command, TENANT_HELP)
 
     from iotcloud import cli_admin
 
-    cli_admin.register(user, tenant)
+    cli_admin.register(user, tenant, _command, TENANT_HELP)
 
     completion = _command(
         sub,

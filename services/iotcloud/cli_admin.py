@@ -168,29 +168,68 @@ def run(handler: Handler) -> Callable[[argparse.Namespace], Awaitable[None]]:
     return command
 
 
-def register(user: Any, tenant: Any) -> None:
-    """Add the commands to the ``user`` and ``tenant`` sub-parsers."""
-    listing = user.add_parser("list", help="list operator accounts (JSON lines)")
-    listing.add_argument("--tenant", help="only this tenant's")
+def register(user: Any, tenant: Any, command: Any, tenant_help: str) -> None:
+    """Add the commands to the ``user`` and ``tenant`` sub-parsers; ``command`` makes a
+    sub-command with description, examples and environment (``iotcloud.cli._command``)."""
+    listing = command(
+        user,
+        "list",
+        "list operator accounts (JSON lines)",
+        examples=("iotcloud user list", "iotcloud user list --tenant acme"),
+    )
+    listing.add_argument("--tenant", help=f"only this tenant's; {tenant_help}")
     listing.set_defaults(handler=run(user_list))
-    set_role = user.add_parser("set-role", help="change a user's role (takes effect at once)")
-    set_role.add_argument("email")
-    set_role.add_argument("role", choices=list(ROLES))
+    set_role = command(
+        user,
+        "set-role",
+        "change a user's role (takes effect at once)",
+        description=(
+            "Change a user's role. Tokens already issued carry the new role from their next "
+            "request on; the tenant's last enabled admin cannot be demoted."
+        ),
+        examples=("iotcloud user set-role ops@acme.test viewer",),
+    )
+    set_role.add_argument("email", help="the user's e-mail")
+    set_role.add_argument("role", choices=list(ROLES), help="the new role")
     set_role.set_defaults(handler=run(user_set_role))
-    disable = user.add_parser("disable", help="disable a user: their tokens stop working")
-    disable.add_argument("email")
+    disable = command(
+        user,
+        "disable",
+        "disable a user: their tokens stop working",
+        examples=(
+            "iotcloud user disable ops@acme.test",
+            "iotcloud user disable --enable ops@acme.test",
+        ),
+    )
+    disable.add_argument("email", help="the user's e-mail")
     disable.add_argument("--enable", action="store_true", help="enable the user again instead")
     disable.set_defaults(handler=run(user_disable))
-    delete = user.add_parser("delete", help="delete a user: their tokens stop working")
-    delete.add_argument("email")
+    delete = command(
+        user,
+        "delete",
+        "delete a user: their tokens stop working",
+        examples=("iotcloud user delete ops@acme.test",),
+    )
+    delete.add_argument("email", help="the user's e-mail")
     delete.set_defaults(handler=run(user_delete))
-    tenant_listing = tenant.add_parser(
-        "list", help="list tenants with their user and device counts"
+    tenant_listing = command(
+        tenant,
+        "list",
+        "list tenants with their user and device counts",
+        examples=("iotcloud tenant list",),
     )
     tenant_listing.set_defaults(handler=run(tenant_list))
-    remove = tenant.add_parser(
-        "delete", help="delete a tenant: its devices (sessions cut), users, models and jobs"
+    remove = command(
+        tenant,
+        "delete",
+        "delete a tenant: its devices (sessions cut), users, models and jobs",
+        description=(
+            "Delete a tenant with everything it holds: devices (their credentials stop "
+            "working and their broker sessions are cut), users, models, jobs and rollouts. "
+            "Without --yes it only shows what would go."
+        ),
+        examples=("iotcloud tenant delete acme", "iotcloud tenant delete acme --yes"),
     )
-    remove.add_argument("id")
+    remove.add_argument("id", help=tenant_help)
     remove.add_argument("--yes", action="store_true", help="really delete (else: show what)")
     remove.set_defaults(handler=run(tenant_delete))

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from shared import db, device_certs, device_trust
 from shared.repositories import tenants
@@ -97,12 +98,25 @@ async def cmd_device_cert(args: argparse.Namespace, database_url: str) -> None:
 
 def register(
     device: argparse._SubParsersAction[argparse.ArgumentParser],
+    command: Any,
+    tenant_help: str,
+    device_help: str,
 ) -> argparse.ArgumentParser:
-    parser = device.add_parser(
-        "cert", help="issue a device certificate: writes device.key, device.pem and ca.pem"
+    """Add ``device cert``; ``command`` makes a sub-command with description, examples and
+    environment in its --help (``iotcloud.cli._command``)."""
+    parser: argparse.ArgumentParser = command(
+        device,
+        "cert",
+        "issue a device certificate: writes device.key, device.pem and ca.pem",
+        description=(
+            "Issue an X.509 certificate for a device, signed by its tenant's device CA (made "
+            "on first use). The private key is made here and never leaves this machine; the "
+            "device connects with it over mutual TLS (docs/aws-migration.md)."
+        ),
+        examples=("iotcloud device cert --tenant acme --device pump-7 --out ./pump-7-cert",),
     )
-    parser.add_argument("--tenant", required=True)
-    parser.add_argument("--device", required=True)
+    parser.add_argument("--tenant", required=True, help=tenant_help)
+    parser.add_argument("--device", required=True, help=device_help)
     parser.add_argument("--out", required=True, help="directory for the three files")
     parser.add_argument("--force", action="store_true", help="replace files already there")
     return parser

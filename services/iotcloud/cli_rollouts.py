@@ -172,19 +172,43 @@ async def cmd_fleet_rollout(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-def add_parser(fleet: Any) -> None:
-    """Register ``fleet rollout`` on the ``fleet`` subcommand group."""
-    rollout = fleet.add_parser("rollout", help="a staged, health-gated desired rollout")
-    rollout.add_argument("--tenant", required=True)
+def add_parser(fleet: Any, command: Any, tenant_help: str) -> None:
+    """Register ``fleet rollout`` on the ``fleet`` subcommand group; ``command`` makes a
+    sub-command with description, examples and environment (``iotcloud.cli._command``)."""
+    rollout = command(
+        fleet,
+        "rollout",
+        "a staged, health-gated desired rollout",
+        description=(
+            "Write a desired patch to the matching devices in stages (a stable random sample "
+            "of the filter): the next stage starts only when the stage's devices are synced "
+            "(--synced-ratio within --within seconds) and healthy (--health); otherwise the "
+            "rollout pauses or reverts (--on-failure). Shows progress until it ends; Ctrl-C "
+            "leaves it running in the service."
+        ),
+        examples=(
+            'iotcloud fleet rollout --tenant acme --tag site:berlin --desired \'{"fw": "2.1"}\' '
+            "--stages 1,10,50,100 --synced-ratio 0.95 --within 600 "
+            "--health '/reported/health == \"ok\"' --on-failure revert",
+        ),
+    )
+    rollout.add_argument("--tenant", required=True, help=tenant_help)
     rollout.add_argument("--desired", required=True, help="JSON merge patch")
     rollout.add_argument("--tag", action="append", help="key:value (repeat to AND)")
     rollout.add_argument("--device", action="append", help="this device id (repeatable)")
     rollout.add_argument(
         "--stages", required=True, help="cumulative percentages, e.g. 1,10,50,100 (count:N)"
     )
-    rollout.add_argument("--synced-ratio", type=float, default=0.95)
+    rollout.add_argument(
+        "--synced-ratio", type=float, default=0.95, help="share of a stage that must sync"
+    )
     rollout.add_argument("--within", type=float, default=600, help="seconds per stage gate")
     rollout.add_argument("--health", help="e.g. '/reported/health == \"ok\"'")
-    rollout.add_argument("--on-failure", choices=["pause", "revert"], default="pause")
+    rollout.add_argument(
+        "--on-failure",
+        choices=["pause", "revert"],
+        default="pause",
+        help="what a failed stage does (default pause)",
+    )
     rollout.add_argument("--batch-size", type=int, default=500, help="devices per batch")
     rollout.set_defaults(handler=cmd_fleet_rollout)

@@ -64,10 +64,14 @@ async def test_user_and_tenant_commands(stack: Stack) -> None:
 
     demoted = run(env, "user", "set-role", "ops@acme.test", "viewer")
     assert demoted.returncode == 0 and lines(demoted.stdout)[0]["role"] == "viewer"
-    patch = await stack.ui.patch(
-        "/customer/devices/x/twin/desired", json={"desired": {}}, headers=ops
-    )
-    assert patch.status_code == 403  # the token now carries the viewer role
+
+    async def demoted_in_service() -> bool:  # the token now carries the viewer role
+        patch = await stack.ui.patch(
+            "/customer/devices/x/twin/desired", json={"desired": {}}, headers=ops
+        )
+        return patch.status_code == 403
+
+    await eventually(demoted_in_service, timeout=1.0, interval=0.02)
 
     assert run(env, "user", "disable", "ops@acme.test").returncode == 0
 

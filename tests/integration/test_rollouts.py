@@ -23,7 +23,7 @@ from shared.services import rollouts
 from shared.twin import Limits
 from tests.conftest import Broker, Stack, make_settings, running_stack
 from tests.integration.test_fleet import add_fleet
-from tests.support import ROOT, ServiceProcess, eventually, operator_headers
+from tests.support import ROOT, ServiceProcess, add_operator, eventually, operator_headers
 
 REPORT = "/device/v1/shadow/reported"
 # What a device does with a desired version: a report body, or None to stay silent.
@@ -648,6 +648,7 @@ async def test_the_ui_service_killed_mid_stage_resumes_it_on_restart(
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('acme', 'acme')")
+        await add_operator(conn, "acme")  # the user the bearer token names
     finally:
         await conn.close()
     await add_fleet(database_url, "acme", 12_000)

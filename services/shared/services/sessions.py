@@ -55,6 +55,10 @@ class UserStates:
         state = self._known.get(who.user_id, False)
         if state is False:
             return False
+        if state is not None and who.version > state.token_version:  # type: ignore[union-attr]
+            # A token newer than what this process holds (issued on another replica, or
+            # here before the change's NOTIFY came back): the cached row is the stale one.
+            return False
         return _judge(who, state)  # type: ignore[arg-type]
 
     async def check(self, who: Principal) -> Principal | None:
