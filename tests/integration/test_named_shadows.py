@@ -249,3 +249,34 @@ async def test_fleet_summary_by_shadow(stack: Stack) -> None:
     assert none["total"] == 0
     bad = await stack.ui.get("/customer/fleet/summary?shadow=no%20way", headers=admin)
     assert bad.status_code == 422
+
+
+async def test_device_list_by_shadow(stack: Stack) -> None:
+    _, admin = await stack.tenant("admin")
+    ids = sorted([(await stack.device(admin))["device_id"] for _ in range(3)])
+    for device_id in ids[:2]:
+        await stack.ui.patch(
+            f"/customer/devices/{device_id}/shadows/cfg/twin/desired",
+            json={"desired": {"x": 1}},
+            headers=admin,
+        )
+    first = (await stack.ui.get("/customer/devices?shadow=cfg&limit=1", headers=admin)).json()
+    assert [item["device_id"] for item in first["items"]] == ids[:1]
+    assert first["items"][0]["shadow"] == "cfg" and first["next"] == ids[0]
+    rest = (
+        await stack.ui.get(f"/customer/devices?shadow=cfg&cursor={ids[0]}", headers=admin)
+    ).json()
+    assert [item["device_id"] for item in rest["items"]] == ids[1:2] and rest["next"] is None
+    stale = (
+        await stack.ui.get("/customer/devices?shadow=cfg&sync_status=stale", headers=admin)
+    ).json()
+    assert len(stale["items"]) == 2  # never seen
+    pending = (
+        await stack.ui.get("/customer/devices?shadow=cfg&sync_status=pending", headers=admin)
+    ).json()
+    assert pending["items"] == []
+    for bad in ("shadow=no%20way", "shadow=cfg&sync_status=odd", "shadow=cfg&q=x"):
+        response = await stack.ui.get(f"/customer/devices?{bad}", headers=admin)
+        assert response.status_code == 422, bad
+    classic = (await stack.ui.get("/customer/devices", headers=admin)).json()
+    assert len(classic["items"]) == 3
