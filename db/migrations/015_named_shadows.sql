@@ -31,6 +31,8 @@ CREATE TABLE device_shadows (
 CREATE INDEX idx_device_shadows_pending
     ON device_shadows (tenant_id, device_id, name)
     WHERE desired_version > reported_version;
+-- A tenant's shadows of one name (the fleet summary's `?shadow=`).
+CREATE INDEX idx_device_shadows_tenant_name ON device_shadows (tenant_id, name);
 -- What the publisher still has to send (retained, like the classic desired message).
 CREATE INDEX idx_device_shadows_unpublished
     ON device_shadows (device_id, name)
@@ -92,15 +94,19 @@ CREATE TRIGGER device_shadows_changed
 -- The AWS topics' `update/delta` and `update/documents` of operator writes (API, console,
 -- bulk), written in the transaction of the write and sent by ingest_iot's publisher (not
 -- retained: AWS devices `get` on connect). Device updates through the AWS topics are
--- answered by the bridge itself.
+-- answered by the bridge itself. A bulk job's batch is one row naming its devices
+-- (`devices`): the publisher reads their state when it sends, so a rollout costs one
+-- small insert per batch, not one per device.
 CREATE TABLE shadow_outbox (
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id text        NOT NULL,
     device_id text        NOT NULL,
     shadow    text        NOT NULL,
     delta     jsonb,
-    documents jsonb       NOT NULL,
-    at        timestamptz NOT NULL DEFAULT now()
+    documents jsonb,
+    devices   text[],
+    at        timestamptz NOT NULL DEFAULT now(),
+    CHECK ((documents IS NULL) = (devices IS NOT NULL))
 );
 
 CREATE FUNCTION notify_shadow_outbox() RETURNS trigger LANGUAGE plpgsql AS $$

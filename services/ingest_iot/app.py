@@ -64,13 +64,13 @@ def create_app(settings: Settings) -> FastAPI:
         link = BrokerLink(
             target,
             client_id=f"{SERVICE_CLIENT_PREFIX}ingest_iot-{replica_name()}",
-            subscriptions=tuple(
-                f"$share/{SHARED_GROUP}/{topic}"
-                for topic in (
-                    REPORTED_SUBSCRIPTION,
-                    NAMED_REPORTED_SUBSCRIPTION,
-                    *AWS_SUBSCRIPTIONS,
-                )
+            # Mosquitto delivers nothing to a shared subscription on a topic that starts with
+            # "$", so every replica subscribes to the AWS requests and only the one that
+            # publishes desired state (the leader) answers them (ingest_iot.aws_shadow).
+            subscriptions=(
+                f"$share/{SHARED_GROUP}/{REPORTED_SUBSCRIPTION}",
+                f"$share/{SHARED_GROUP}/{NAMED_REPORTED_SUBSCRIPTION}",
+                *(AWS_SUBSCRIPTIONS if settings.aws_topics else ()),
             ),
             on_messages=bridge.handle_batch,
             max_batch=_max_report_batch(),
@@ -79,10 +79,14 @@ def create_app(settings: Settings) -> FastAPI:
             manual_ack=True,
         )
         publisher = DesiredPublisher(
-            pool, link, settings.database_url, stale_after=settings.stale_after
+            pool,
+            link,
+            settings.database_url,
+            stale_after=settings.stale_after,
+            aws_topics=settings.aws_topics,
         )
         bridge.link = link
-        bridge.aws = AwsShadowService(pool, settings, link)
+        bridge.aws = AwsShadowService(pool, settings, link, answers=lambda: publisher.leader)
         app.state.pool, app.state.link, app.state.publisher = pool, link, publisher
         app.state.report_batcher = batcher
         app.state.broker = link  # the name shared.web samples for /metrics, as in ui_iot

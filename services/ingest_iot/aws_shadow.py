@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +33,7 @@ from shared.mqtt import BrokerLink
 from shared.repositories import shadows as shadows_repo
 from shared.services import history, models
 from shared.services.history import Actor
-from shared.services.twins import lock_or_create_shadow
+from shared.services.twins import delete_shadow, lock_or_create_shadow
 from shared.settings import Settings
 from shared.topics import aws_prefix, parse_aws_request
 
@@ -68,7 +69,15 @@ class RateLimiter:
 
 
 class AwsShadowService:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, link: BrokerLink | None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        link: BrokerLink | None,
+        *,
+        answers: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._answers = answers
         self._pool = pool
         self._settings = settings
         self._link = link
@@ -90,8 +99,8 @@ class AwsShadowService:
 
     async def handle(self, topic: str, payload: bytes) -> None:
         addressed = parse_aws_request(topic)
-        if addressed is None:
-            return
+        if addressed is None or not self._answers():
+            return  # another replica (the leader) answers it
         thing, shadow, operation = addressed
         prefix = aws_prefix(thing, shadow)
         token: str | None = None
@@ -151,9 +160,9 @@ class AwsShadowService:
                         ShadowError(404, f"No shadow exists with name: '{shadow}'", token)
                     )
                 if shadow:
-                    await shadows_repo.delete(
-                        conn, tenant_id=tenant, device_id=thing, shadow=shadow
-                    )
+                    # update/documents (current: null) goes out with the retained desired
+                    # message's clearing, from the publisher after commit.
+                    await delete_shadow(conn, tenant_id=tenant, device_id=thing, shadow=shadow)
                 else:
                     # The classic shadow is the device's twin and outlives this: its
                     # document is emptied (both sides, each as a write of its own rules).
@@ -175,10 +184,11 @@ class AwsShadowService:
             prefix + "delete/accepted",
             aws_shadow.delete_accepted(row["document_version"], at=now, token=token),
         )
-        self._send(
-            prefix + "update/documents",
-            aws_shadow.documents_message(Snapshot.of(row), None, at=now, token=token),
-        )
+        if not shadow:
+            self._send(
+                prefix + "update/documents",
+                aws_shadow.documents_message(Snapshot.of(row), None, at=now, token=token),
+            )
 
     async def _update(
         self, thing: str, shadow: str, prefix: str, request: aws_shadow.UpdateRequest

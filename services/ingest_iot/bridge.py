@@ -98,7 +98,10 @@ class ReportBridge:
                 payload = bytes(message.payload)
                 await self._named_report(IncomingReport(tenant_id, device_id, payload, shadow))
             elif self.aws is not None and parse_aws_request(topic) is not None:
-                await self.aws.handle(topic, bytes(message.payload))
+                try:
+                    await self.aws.handle(topic, bytes(message.payload))
+                except db.UNAVAILABLE_ERRORS as exc:
+                    raise RetryLater(f"database unavailable: {exc!r}") from exc
             else:
                 REPORTS.labels("mqtt", "foreign").inc()
 

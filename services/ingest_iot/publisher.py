@@ -18,6 +18,7 @@ import asyncio
 import logging
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import aiomqtt
 import asyncpg
@@ -25,7 +26,7 @@ import orjson
 
 from ingest_iot import presence
 from ingest_iot.metrics import DESIRED_LAG, DESIRED_PUBLISHED
-from shared import db
+from shared import aws_shadow, db
 from shared.aio import wait_event, within
 from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, MqttTarget, backoff_delays
 from shared.repositories import delivery, shadow_outbox
@@ -77,7 +78,9 @@ class DesiredPublisher:
         database_url: str,
         *,
         stale_after: timedelta = timedelta(hours=1),
+        aws_topics: bool = True,
     ) -> None:
+        self._aws_topics = aws_topics
         self._pool = pool
         self._stale_after = stale_after
         self._link = link
@@ -285,9 +288,16 @@ class DesiredPublisher:
                     [row["name"] for row in rows],
                     [row["desired_version"] for row in rows],
                 )
+        if outbox and not self._aws_topics:
+            async with self._pool.acquire() as conn:  # no AWS topics on this broker
+                await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
+            outbox = []
         if outbox:
             sends = []
             for entry in outbox:
+                if entry["devices"] is not None:
+                    sends.extend(await self._bulk_messages(entry["devices"]))
+                    continue
                 prefix = aws_prefix(entry["device_id"], entry["shadow"])
                 if entry["delta"] is not None:
                     sends.append(
@@ -298,10 +308,37 @@ class DesiredPublisher:
                         prefix + "update/documents", orjson.dumps(entry["documents"]), qos=1
                     )
                 )
+                if entry["shadow"] and entry["documents"].get("current") is None:
+                    # A named shadow deleted: its retained desired message goes too.
+                    topic = named_desired_topic(
+                        entry["tenant_id"], entry["device_id"], entry["shadow"]
+                    )
+                    sends.append(client.publish(topic, b"", qos=1, retain=True))
             await asyncio.gather(*sends)
             async with self._pool.acquire() as conn:
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
         return len(rows) + len(outbox)
+
+    async def _bulk_messages(self, device_ids: list[str]) -> list[Any]:
+        """A bulk job batch's AWS messages: each device's ``update/delta`` and
+        ``update/documents`` as its classic shadow stands now (``previous`` is not kept for
+        a bulk write: null)."""
+        client = self._link.client
+        async with self._pool.acquire() as conn:
+            rows = await shadow_outbox.classic_shadows(conn, device_ids=device_ids)
+        sends: list[Any] = []
+        for row in rows:
+            current = aws_shadow.Snapshot.of(row)
+            at = row["shadow_updated_at"]
+            prefix = aws_prefix(row["device_id"], "")
+            delta = aws_shadow.delta_message(current, at=at)
+            if delta is not None:
+                sends.append(client.publish(prefix + "update/delta", orjson.dumps(delta), qos=1))
+            documents = aws_shadow.documents_message(None, current, at=at)
+            sends.append(
+                client.publish(prefix + "update/documents", orjson.dumps(documents), qos=1)
+            )
+        return sends
 
     async def _publish(self, rows: list[asyncpg.Record]) -> None:
         """Publish retained QoS 1, wait for every PUBACK, record the versions, then move the

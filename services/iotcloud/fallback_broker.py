@@ -39,7 +39,7 @@ from shared import db
 from shared.aio import within
 from shared.ids import DEVICE_ID_RE
 from shared.mqtt import SERVICE_CLIENT_PREFIX
-from shared.topics import device_prefix
+from shared.topics import device_prefix, parse_aws_request, parse_named_reported
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,19 @@ class Identity:
         if self.device_id is None or self.tenant_id is None:
             return True
         prefix = device_prefix(self.tenant_id, self.device_id)
+        aws = f"$aws/things/{self.device_id}/shadow/"
         if action == Action.PUBLISH:
-            return topic == prefix + "reported"
+            # The plugin's rule (broker/iotcloud_auth.c): its reports, classic or named, and
+            # its own AWS shadow requests (SPEC §9).
+            if topic == prefix + "reported":
+                return True
+            named = parse_named_reported(topic)
+            if named is not None:
+                return named[:2] == (self.tenant_id, self.device_id)
+            request = parse_aws_request(topic)
+            return request is not None and request[0] == self.device_id
         # A filter under the device's own prefix can only match its own topics.
-        return topic.startswith((prefix, f"tenant/+/device/{self.device_id}/shadow/"))
+        return topic.startswith((prefix, f"tenant/+/device/{self.device_id}/shadow/", aws))
 
 
 class FallbackBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints

@@ -111,6 +111,7 @@ async def up(*, demo: bool) -> None:
             # No Mosquitto or no plugin here: the in-process broker keeps the same rules.
             broker.service_password()
             children.append(Child("broker", [sys.executable, "-m", "iotcloud.fallback_broker"]))
+            env["IOTCLOUD_AWS_TOPICS"] = "0"  # it refuses "$aws/..." topics (SPEC §9)
         broker_lines.append(
             f"  MQTT over TLS             mqtts://{broker.bind}:{broker.tls_port}"
             f"  (devices trust {tls.ca or tls.cert})"

@@ -83,11 +83,11 @@ def parse_update(decoded: JSON, limits: twin.Limits) -> UpdateRequest:
     if not isinstance(decoded, dict):
         raise ShadowError(400, "Invalid JSON")
     token = _client_token(decoded)
+    if "state" not in decoded:
+        raise ShadowError(400, "Missing required node: state", token)
     unknown = sorted(set(decoded) - _TOP_LEVEL)
     if unknown:
         raise ShadowError(400, f"Unexpected top-level node: {unknown[0]}", token)
-    if "state" not in decoded:
-        raise ShadowError(400, "Missing required node: state", token)
     state = decoded["state"]
     if not isinstance(state, dict):
         raise ShadowError(400, "State node must be an object", token)

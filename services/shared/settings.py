@@ -20,6 +20,7 @@ from shared.twin import DEFAULT_MAX_DEPTH, DEFAULT_MAX_STATE_BYTES, Limits
 DEFAULT_JWT_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - the value we refuse outside dev
 
 _TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"0", "false", "no"})
 _DATABASE_SCHEMES = frozenset({"postgres", "postgresql"})
 _MQTT_SCHEMES = frozenset({"mqtt", "tcp"})
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -108,6 +109,9 @@ class Settings:
     ingest_batch: int = 500
     max_shadows: int = 10  # named shadows per device (SPEC §9)
     shadow_rps: int = 20  # AWS shadow requests per second per thing
+    # The AWS topic tree ($aws/...); off only for the in-process fallback broker, which
+    # refuses every topic that starts with "$" (MQTT-4.7.2-1).
+    aws_topics: bool = True
 
     @classmethod
     def from_env(cls, *, application: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -160,6 +164,8 @@ class Settings:
             ingest_batch=env_int("IOTCLOUD_INGEST_BATCH", 500, environ=env),
             max_shadows=env_int("IOTCLOUD_MAX_SHADOWS", 10, minimum=0, environ=env),
             shadow_rps=env_int("IOTCLOUD_SHADOW_RPS", 20, environ=env),
+            aws_topics=env.get("IOTCLOUD_AWS_TOPICS", "1").strip().lower()
+            not in {"0", "false", "no"},
         )
 
 

@@ -58,7 +58,8 @@ def fallback_broker(tmp_path: Path, database_url: str) -> Iterator[Broker]:
 
 @pytest.fixture
 async def fallback_stack(database_url: str, fallback_broker: Broker) -> AsyncIterator[Stack]:
-    settings = make_settings(database_url, fallback_broker.url)
+    # It refuses "$aws/..." topics (MQTT-4.7.2-1), so it runs without the AWS topic tree.
+    settings = make_settings(database_url, fallback_broker.url, aws_topics=False)
     async with running_stack(settings, fallback_broker) as running:
         yield running
 
@@ -186,3 +187,48 @@ async def presence_of(stack: Stack, device_id: str) -> bool:
     finally:
         await conn.close()
     return connected
+
+
+async def test_named_shadow_reports_on_the_fallback_broker(fallback_stack: Stack) -> None:
+    """The in-process broker applies the plugin's rules to named shadows (SPEC §9), and
+    an operator write that queues AWS messages does not break its link."""
+    import asyncio
+
+    stack = fallback_stack
+    tenant_id, admin = await stack.tenant("admin")
+    mine = await stack.device(admin)
+    other = await stack.device(admin)
+    device_id = mine["device_id"]
+    await stack.ui.patch(
+        f"/customer/devices/{device_id}/twin/desired", json={"desired": {"a": 1}}, headers=admin
+    )
+    base = f"tenant/{tenant_id}/device/{device_id}/shadow/name/cfg/"
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        stack.broker.port,
+        username=device_id,
+        password=mine["provision_token"],
+        identifier=device_id,
+    ) as client:
+        await client.subscribe(base + "reported/+", qos=1)
+        # Another device's named shadow is refused by the broker.
+        await client.publish(
+            f"tenant/{tenant_id}/device/{other['device_id']}/shadow/name/cfg/reported",
+            orjson.dumps({"reported": {"pwned": True}, "version": 0}),
+            qos=1,
+        )
+        await client.publish(
+            base + "reported", orjson.dumps({"reported": {"on": True}, "version": 0}), qos=1
+        )
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                if message.topic.value.endswith("/reported/accepted"):
+                    break
+    shadow = (
+        await stack.ui.get(f"/customer/devices/{device_id}/shadows/cfg/twin", headers=admin)
+    ).json()
+    assert shadow["reported"] == {"on": True}
+    theirs = await stack.ui.get(
+        f"/customer/devices/{other['device_id']}/shadows/cfg/twin", headers=admin
+    )
+    assert theirs.status_code == 404

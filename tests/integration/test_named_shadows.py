@@ -108,6 +108,23 @@ async def test_named_shadow_via_api_and_mqtt_with_history(stack: Stack) -> None:
     assert (await stack.ui.get(f"{url}/firmware/twin", headers=admin)).status_code == 404
     assert (await stack.ui.delete(f"{url}/firmware", headers=admin)).status_code == 404
 
+    # Its retained desired message is cleared: a device that subscribes now gets nothing.
+    async def retained() -> list[Any]:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            stack.broker.port,
+            username=device_id,
+            password=token,
+            identifier=device_id,
+        ) as client:
+            await client.subscribe(_base(tenant_id, device_id, "firmware") + "desired", qos=1)
+            try:
+                return [await _next_json(client, "/firmware/desired", timeout=0.5)]
+            except (TimeoutError, orjson.JSONDecodeError):
+                return []
+
+    assert await eventually(lambda: _empty(retained))
+
 
 async def test_named_shadow_names_limits_and_tenants(stack: Stack) -> None:
     _, admin = await stack.tenant("admin")
@@ -200,5 +217,59 @@ async def test_named_shadow_events_and_counts(stack: Stack) -> None:
         await conn.close()
 
 
+async def _empty(read: Any) -> bool:
+    return not await read()
+
+
 async def _is_zero(read: Any) -> bool:
     return bool(await read() == 0)
+
+
+async def test_fleet_summary_by_shadow(stack: Stack) -> None:
+    _, admin = await stack.tenant("admin")
+    first = (await stack.device(admin))["device_id"]
+    await stack.device(admin)
+    await stack.ui.patch(
+        f"/customer/devices/{first}/shadows/cfg/twin/desired",
+        json={"desired": {"x": 1}},
+        headers=admin,
+    )
+    classic = (await stack.ui.get("/customer/fleet/summary", headers=admin)).json()
+    assert classic["total"] == 2
+    named = (await stack.ui.get("/customer/fleet/summary?shadow=cfg", headers=admin)).json()
+    assert named == {"total": 1, "synced": 0, "pending": 0, "stale": 1, "connected": 0}
+    none = (await stack.ui.get("/customer/fleet/summary?shadow=other", headers=admin)).json()
+    assert none["total"] == 0
+    bad = await stack.ui.get("/customer/fleet/summary?shadow=no%20way", headers=admin)
+    assert bad.status_code == 422
+
+
+async def test_device_list_by_shadow(stack: Stack) -> None:
+    _, admin = await stack.tenant("admin")
+    ids = sorted([(await stack.device(admin))["device_id"] for _ in range(3)])
+    for device_id in ids[:2]:
+        await stack.ui.patch(
+            f"/customer/devices/{device_id}/shadows/cfg/twin/desired",
+            json={"desired": {"x": 1}},
+            headers=admin,
+        )
+    first = (await stack.ui.get("/customer/devices?shadow=cfg&limit=1", headers=admin)).json()
+    assert [item["device_id"] for item in first["items"]] == ids[:1]
+    assert first["items"][0]["shadow"] == "cfg" and first["next"] == ids[0]
+    rest = (
+        await stack.ui.get(f"/customer/devices?shadow=cfg&cursor={ids[0]}", headers=admin)
+    ).json()
+    assert [item["device_id"] for item in rest["items"]] == ids[1:2] and rest["next"] is None
+    stale = (
+        await stack.ui.get("/customer/devices?shadow=cfg&sync_status=stale", headers=admin)
+    ).json()
+    assert len(stale["items"]) == 2  # never seen
+    pending = (
+        await stack.ui.get("/customer/devices?shadow=cfg&sync_status=pending", headers=admin)
+    ).json()
+    assert pending["items"] == []
+    for bad in ("shadow=no%20way", "shadow=cfg&sync_status=odd", "shadow=cfg&q=x"):
+        response = await stack.ui.get(f"/customer/devices?{bad}", headers=admin)
+        assert response.status_code == 422, bad
+    classic = (await stack.ui.get("/customer/devices", headers=admin)).json()
+    assert len(classic["items"]) == 3

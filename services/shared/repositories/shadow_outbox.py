@@ -29,17 +29,29 @@ async def add(
     )
 
 
-async def add_many(conn: Connection, rows: list[tuple[str, str, str, Any, Any]]) -> None:
-    await conn.executemany(
-        """INSERT INTO shadow_outbox (tenant_id, device_id, shadow, delta, documents)
-           VALUES ($1, $2, $3, $4, $5)""",
-        rows,
+async def add_batch(conn: Connection, *, tenant_id: str, device_ids: list[str]) -> None:
+    """A bulk job's batch of classic desired writes: one row naming its devices."""
+    await conn.execute(
+        """INSERT INTO shadow_outbox (tenant_id, device_id, shadow, devices)
+           VALUES ($1, '', '', $2::text[])""",
+        tenant_id,
+        device_ids,
+    )
+
+
+async def classic_shadows(conn: Connection, *, device_ids: list[str]) -> list[asyncpg.Record]:
+    """The classic shadows of these devices as they stand (for a bulk job's messages)."""
+    return await conn.fetch(
+        """SELECT device_id, desired_state, reported_state, desired_metadata,
+                  reported_metadata, document_version, shadow_updated_at
+           FROM device_state WHERE device_id = ANY($1::text[])""",
+        device_ids,
     )
 
 
 async def take(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """SELECT id, tenant_id, device_id, shadow, delta, documents
+        """SELECT id, tenant_id, device_id, shadow, delta, documents, devices
            FROM shadow_outbox ORDER BY id LIMIT $1""",
         limit,
     )

@@ -16,6 +16,7 @@ from shared import twin
 from shared.db import Connection
 from shared.errors import DomainError, refusal_error
 from shared.repositories import fleet as fleet_repo
+from shared.repositories import shadow_outbox
 from shared.services import models
 from shared.services.history import Actor
 
@@ -108,4 +109,7 @@ async def patch_desired_many(
             actor_email=actor.email,
             at=rows[0]["now"],
         )
+        if actor.type == "user":
+            # For devices on the AWS topics (SPEC §9): sent after commit by the publisher.
+            await shadow_outbox.add_batch(conn, tenant_id=tenant_id, device_ids=ids)
     return outcomes

@@ -31,6 +31,7 @@ from shared.repositories import report_batches as repo
 from shared.repositories import shadows as shadows_repo
 from shared.services import history as history_service
 from shared.services.history import Actor
+from shared.services.twins import lock_or_create_shadow
 
 JSON = Any
 
@@ -266,8 +267,6 @@ async def apply_named_report(
     """A report on a named shadow (``report.shadow``), on the rules of a classic one
     (``_apply_one``, so ``twin.apply_report``); the shadow is created by its first report.
     Call inside a transaction of its own: it locks the device's classic row to create."""
-    from shared.services.twins import lock_or_create_shadow
-
     try:
         row = await lock_or_create_shadow(
             conn,

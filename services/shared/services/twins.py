@@ -249,3 +249,21 @@ async def announce_to_aws(
         delta=aws_shadow.delta_message(current, at=at),
         documents=aws_shadow.documents_message(aws_shadow.Snapshot.of(before), current, at=at),
     )
+
+
+async def delete_shadow(conn: Connection, *, tenant_id: str, device_id: str, shadow: str) -> bool:
+    """Delete a named shadow; False when there is none. Its retained desired message is
+    cleared and ``update/documents`` (current: null) sent by the publisher after commit."""
+    row = await shadows_repo.lock(conn, tenant_id=tenant_id, device_id=device_id, shadow=shadow)
+    if row is None:
+        return False
+    await shadows_repo.delete(conn, tenant_id=tenant_id, device_id=device_id, shadow=shadow)
+    await shadow_outbox.add(
+        conn,
+        tenant_id=tenant_id,
+        device_id=device_id,
+        shadow=shadow,
+        delta=None,
+        documents=aws_shadow.documents_message(aws_shadow.Snapshot.of(row), None, at=row["now"]),
+    )
+    return True

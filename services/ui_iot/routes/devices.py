@@ -20,6 +20,7 @@ from shared.services.history import Actor
 from shared.services.twin_reads import TwinReads
 from shared.web import ORJSONResponse, StorableJSONRoute, app_settings, json_body, json_body_schema
 from ui_iot.deps import VIEWER, Admin, AppSettings, Conn, Operator, Pool, Viewer
+from ui_iot.routes.shadow_fleet import shadow_devices
 
 
 @asynccontextmanager
@@ -176,7 +177,22 @@ async def list_devices(
     connected: Annotated[
         bool | None, Query(description="true: connected to the broker now; false: not")
     ] = None,
+    shadow: Annotated[
+        str | None, Query(description="a named shadow: its devices, by its sync_status")
+    ] = None,
 ) -> dict[str, Any]:
+    if shadow is not None:
+        if tag or model_id is not None or q is not None or connected is not None:
+            raise Unprocessable("shadow= combines with sync_status=, limit= and cursor= only")
+        return await shadow_devices(
+            conn,
+            tenant_id=who.tenant_id,
+            shadow=shadow,
+            sync_status=sync_status,
+            cursor=cursor,
+            limit=limit,
+            settings=settings,
+        )
     return await devices.list_devices(
         conn,
         tenant_id=who.tenant_id,

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from shared.services import fleet
 from shared.web import StorableJSONRoute, json_body, json_body_schema
 from ui_iot.deps import AppSettings, Conn, Operator, Viewer
+from ui_iot.routes.shadow_fleet import shadow_summary
 
 router = APIRouter(route_class=StorableJSONRoute, prefix="/customer/fleet", tags=["fleet"])
 
@@ -49,8 +50,15 @@ _JOB_BODY = json_body_schema(
 
 
 @router.get("/summary", response_model=FleetSummary)
-async def summary(who: Viewer, conn: Conn, settings: AppSettings) -> dict[str, int]:
-    """Device counts by sync status, and how many are connected, straight from the database."""
+async def summary(
+    who: Viewer, conn: Conn, settings: AppSettings, shadow: str | None = None
+) -> dict[str, int]:
+    """Device counts by sync status, and how many are connected, straight from the database.
+
+    ``?shadow=NAME`` counts the devices that have that named shadow, by its sync status
+    (SPEC §9); without it, the classic shadow."""
+    if shadow is not None:
+        return await shadow_summary(conn, tenant_id=who.tenant_id, shadow=shadow, settings=settings)
     return await fleet.summary(conn, tenant_id=who.tenant_id, stale_after=settings.stale_after)
 
 

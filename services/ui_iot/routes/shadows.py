@@ -147,7 +147,7 @@ async def get_shadow_history(
 @router.delete("/{device_id}/shadows/{name}", status_code=204)
 async def delete_shadow(device_id: str, name: str, who: Operator, conn: Conn) -> Response:
     shadow = _checked(name)
-    if not await shadows_repo.delete(
+    if not await twins.delete_shadow(
         conn, tenant_id=who.tenant_id, device_id=device_id, shadow=shadow
     ):
         if not await devices_repo.live_belongs(conn, tenant_id=who.tenant_id, device_id=device_id):

@@ -3,15 +3,12 @@ import { Link, navigate } from '../../app/router';
 import { ApiError, deleteDevice } from '../../services/api/devices';
 import { DevicePresence } from './DevicePresence';
 import { DeviceProfileCard } from './DeviceProfileCard';
-import { DeviceTwinPanel } from './DeviceTwinPanel';
-import { HistoryTimeline } from './HistoryTimeline';
+import { ShadowTabs } from './ShadowTabs';
 
 export function DevicePage({ deviceId }: { deviceId: string }) {
   const [confirming, setConfirming] = useState(false);
   const [deleting, setDeleting] = useState(false);
   const [error, setError] = useState<string | null>(null);
-  // Bumped after each accepted save so the timeline re-reads at once, stream or not.
-  const [saves, setSaves] = useState(0);
 
   const remove = async () => {
     setDeleting(true);
@@ -59,8 +56,7 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
         </div>
       )}
       <DeviceProfileCard key={`profile-${deviceId}`} deviceId={deviceId} />
-      <DeviceTwinPanel key={deviceId} deviceId={deviceId} onSaved={() => setSaves((count) => count + 1)} />
-      <HistoryTimeline key={`history-${deviceId}`} deviceId={deviceId} refreshToken={saves} />
+      <ShadowTabs key={`shadows-${deviceId}`} deviceId={deviceId} />
     </main>
   );
 }

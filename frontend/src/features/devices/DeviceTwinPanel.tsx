@@ -26,6 +26,8 @@ interface DeviceTwinPanelProps {
   pollIntervalMs?: number;
   /** Called after every accepted desired write (the history timeline refreshes). */
   onSaved?: () => void;
+  /** A named shadow (SPEC §9); absent for the classic shadow. */
+  shadow?: string;
 }
 
 const isAbort = (error: unknown): boolean => error instanceof DOMException && error.name === 'AbortError';
@@ -38,7 +40,7 @@ function describeLoadError(error: unknown): string {
 }
 
 /** Desired, reported and delta side by side, with an editor for desired merge patches. */
-export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: DeviceTwinPanelProps) {
+export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved, shadow }: DeviceTwinPanelProps) {
   const [twin, setTwin] = useState<Twin | null>(null);
   const [loadError, setLoadError] = useState<unknown>(null);
   const [editorText, setEditorText] = useState('');
@@ -56,7 +58,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
     async (signal?: AbortSignal): Promise<Twin | null> => {
       const started = generation.current;
       try {
-        const { twin: fresh } = await getTwin(deviceId, signal);
+        const { twin: fresh } = await getTwin(deviceId, signal, shadow);
         if (started !== generation.current) return null;
         setTwin(fresh);
         setLoadError(null);
@@ -66,7 +68,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
         return null;
       }
     },
-    [deviceId],
+    [deviceId, shadow],
   );
 
   const stream = useLiveEvents((event) => {
@@ -76,8 +78,9 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
     async (signal) => {
       await loadTwin(signal);
     },
-    stream === 'live' ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
-    [deviceId],
+    // A named shadow's changes are not twin events: its view polls.
+    stream === 'live' && !shadow ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
+    [deviceId, shadow],
   );
 
   const handleTextChange = (text: string) => {
@@ -96,7 +99,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
     setSavedVersion(null);
     generation.current += 1;
     try {
-      const updated = await patchDesired(deviceId, patch, ifMatch);
+      const updated = await patchDesired(deviceId, patch, ifMatch, shadow);
       generation.current += 1;
       setTwin(updated);
       setBaseVersion(updated.desired_version);
@@ -154,7 +157,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
       )}
 
       <div className="panel-heading">
-        <h2>Twin</h2>
+        <h2>{shadow ? <>Shadow <code>{shadow}</code></> : 'Twin'}</h2>
         <LiveIndicator state={stream} />
       </div>
       <dl className="twin-facts">

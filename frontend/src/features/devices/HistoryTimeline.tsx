@@ -50,10 +50,12 @@ interface HistoryTimelineProps {
   pollIntervalMs?: number;
   /** Bump to re-read the newest entries now (e.g. after this page saved desired). */
   refreshToken?: number;
+  /** A named shadow (SPEC §9); absent for the classic shadow. */
+  shadow?: string;
 }
 
 /** The twin's history, newest first, following new entries live, with "Load more" paging. */
-export function HistoryTimeline({ deviceId, pollIntervalMs = 3000, refreshToken = 0 }: HistoryTimelineProps) {
+export function HistoryTimeline({ deviceId, pollIntervalMs = 3000, refreshToken = 0, shadow }: HistoryTimelineProps) {
   const [items, setItems] = useState<HistoryItem[] | null>(null);
   const [next, setNext] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
@@ -66,7 +68,7 @@ export function HistoryTimeline({ deviceId, pollIntervalMs = 3000, refreshToken 
   const loadNewest = useCallback(
     async (signal: AbortSignal) => {
       try {
-        const page = await getHistory(deviceId, { limit: PAGE_SIZE }, signal);
+        const page = await getHistory(deviceId, { limit: PAGE_SIZE }, signal, shadow);
         const current = itemsRef.current;
         const newestKnown = current && current.length > 0 ? Math.max(...current.map((item) => item.id)) : null;
         const fresh = newestKnown === null ? page.items : page.items.filter((item) => item.id > newestKnown);
@@ -85,20 +87,24 @@ export function HistoryTimeline({ deviceId, pollIntervalMs = 3000, refreshToken 
         setError(messageOf(caught, 'Loading the history failed.'));
       }
     },
-    [deviceId],
+    [deviceId, shadow],
   );
 
   const stream = useLiveEvents((event) => {
     if (event.device_id === deviceId) refresh();
   });
-  const refresh = useRefresh(loadNewest, stream === 'live' ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs, [deviceId, refreshToken]);
+  const refresh = useRefresh(
+    loadNewest,
+    stream === 'live' && !shadow ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
+    [deviceId, refreshToken, shadow],
+  );
 
   const loadMore = async () => {
     if (next === null) return;
     setLoadingMore(true);
     setMoreError(null);
     try {
-      const page = await getHistory(deviceId, { limit: PAGE_SIZE, cursor: next });
+      const page = await getHistory(deviceId, { limit: PAGE_SIZE, cursor: next }, undefined, shadow);
       setItems((current) => {
         const known = new Set((current ?? []).map((item) => item.id));
         return [...(current ?? []), ...page.items.filter((item) => !known.has(item.id))];

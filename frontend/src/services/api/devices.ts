@@ -271,8 +271,27 @@ export function parseEtagVersion(etag: string | null): number | null {
   return match ? Number(match[1]) : null;
 }
 
-export async function getTwin(deviceId: string, signal?: AbortSignal): Promise<TwinResult> {
-  const { body, headers } = await request<Twin>(`${devicePath(deviceId)}/twin`, { signal });
+/** The twin's path: the classic shadow's (no name) or a named shadow's (SPEC §9). */
+export function twinPath(deviceId: string, shadow?: string): string {
+  return shadow ? `${devicePath(deviceId)}/shadows/${encodeURIComponent(shadow)}/twin` : `${devicePath(deviceId)}/twin`;
+}
+
+export interface ShadowSummary {
+  name: string;
+  desired_version: number;
+  reported_version: number;
+  version: number;
+  shadow_updated_at: string;
+}
+
+/** The device's named shadows (the classic one is not listed). */
+export async function listShadows(deviceId: string, signal?: AbortSignal): Promise<ShadowSummary[]> {
+  const { body } = await request<{ items: ShadowSummary[] }>(`${devicePath(deviceId)}/shadows`, { signal });
+  return body.items;
+}
+
+export async function getTwin(deviceId: string, signal?: AbortSignal, shadow?: string): Promise<TwinResult> {
+  const { body, headers } = await request<Twin>(twinPath(deviceId, shadow), { signal });
   return { twin: body, etagVersion: parseEtagVersion(headers.get('ETag')) };
 }
 
@@ -280,10 +299,15 @@ export async function getTwin(deviceId: string, signal?: AbortSignal): Promise<T
  * Merge-patch the desired state. With `ifMatch`, the server writes only when the
  * desired version is still that number and answers 412 otherwise.
  */
-export async function patchDesired(deviceId: string, desired: JsonObject, ifMatch?: number): Promise<Twin> {
+export async function patchDesired(
+  deviceId: string,
+  desired: JsonObject,
+  ifMatch?: number,
+  shadow?: string,
+): Promise<Twin> {
   const headers: Record<string, string> = {};
   if (ifMatch !== undefined) headers['If-Match'] = `"${ifMatch}"`;
-  const { body } = await request<Twin>(`${devicePath(deviceId)}/twin/desired`, {
+  const { body } = await request<Twin>(`${twinPath(deviceId, shadow)}/desired`, {
     method: 'PATCH',
     json: { desired },
     headers,
@@ -328,8 +352,9 @@ export async function getHistory(
   deviceId: string,
   params: { limit?: number; cursor?: string | null } = {},
   signal?: AbortSignal,
+  shadow?: string,
 ): Promise<HistoryPage> {
-  const { body } = await request<HistoryPage>(`${devicePath(deviceId)}/twin/history`, {
+  const { body } = await request<HistoryPage>(`${twinPath(deviceId, shadow)}/history`, {
     query: { limit: params.limit, cursor: params.cursor },
     signal,
   });
