@@ -220,8 +220,7 @@ async def through_echo(
         identifier=f"{SERVICE_CLIENT_PREFIX}bench-echo",
         socket_options=NO_DELAY,  # as ingest_iot's own connection
     ) as echoer:
-        # Where the broker's plugin hands a device's AWS request on (broker/iotcloud_auth.c).
-        await echoer.subscribe(f"iotcloud/aws/things/{THING}/shadow/update", qos=1)
+        await echoer.subscribe(update_topic, qos=1)
         answering = asyncio.create_task(echo(echoer, f"{update_topic}/accepted"), name="bench-echo")
         for n in range(updates + WARM_UP):
             took = await device.round_trip(
