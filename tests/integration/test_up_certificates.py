@@ -17,8 +17,6 @@ from tests.support import eventually, free_port
 
 __all__ = ["stop_after"]
 
-pytestmark = pytest.mark.fault
-
 
 async def test_a_device_with_a_cli_certificate_reaches_its_shadow_through_iotcloud_up(
     tmp_path: Path,
