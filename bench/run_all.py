@@ -19,6 +19,8 @@ SUITE = [
     ["ingest.py"],
     ["report_batch.py"],
     ["fanout.py"],
+    # The AWS SDK device's update -> accepted round trip beside a bare-broker answer.
+    ["aws_shadow.py", "--updates", "300"],
     ["http_api.py"],
     # 100k and 300k registered through the batch API (about two minutes); the 1M figures
     # (about four minutes) are in docs/benchmarks.md "Fleet scale".

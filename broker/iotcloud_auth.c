@@ -825,32 +825,6 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	}
 }
 
-/* A device's `$aws/things/...` request goes on as `iotcloud/aws/things/...`: Mosquitto 2.0
- * files `$share/group/$aws/...` under the non-`$` topic tree, so a shared subscription never
- * sees a `$` topic, and the services' replicas share the AWS requests through the internal
- * name. The ACL check has already passed, so the thing in the topic is the sender. */
-#define AWS_TOPIC "$aws/things/"
-#define AWS_INTERNAL "iotcloud/aws/things/"
-
-static int on_message(int event, void *event_data, void *userdata)
-{
-	(void)event;
-	(void)userdata;
-	struct mosquitto_evt_message *ed = event_data;
-	const char *username = mosquitto_client_username(ed->client);
-	if(username == NULL || strcmp(username, S.service_user) == 0) return MOSQ_ERR_SUCCESS;
-	if(ed->topic == NULL || !starts_with(ed->topic, AWS_TOPIC)) return MOSQ_ERR_SUCCESS;
-	const char *rest = ed->topic + strlen(AWS_TOPIC);
-	size_t size = strlen(AWS_INTERNAL) + strlen(rest) + 1;
-	char *internal = mosquitto_malloc(size);
-	if(internal == NULL) return MOSQ_ERR_NOMEM;
-	snprintf(internal, size, "%s%s", AWS_INTERNAL, rest);
-	/* Mosquitto 2.0.11 takes the new topic and leaves the old one to the plugin. */
-	mosquitto_free(ed->topic);
-	ed->topic = internal;
-	return MOSQ_ERR_SUCCESS;
-}
-
 static int on_disconnect(int event, void *event_data, void *userdata)
 {
 	(void)event;
@@ -945,7 +919,6 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	int rc = mosquitto_callback_register(S.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
-	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
 	if(!rc) rc = mosquitto_callback_register(S.id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
 	return rc;
 }
@@ -958,7 +931,6 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
-	mosquitto_callback_unregister(S.id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	mosquitto_callback_unregister(S.id, MOSQ_EVT_TICK, on_tick, NULL);
 	/* Presence still queued is written now, while the broker stops, if it can be. */
 	if(S.async.conn && !S.async.connecting && S.queue_len && S.started_recorded){

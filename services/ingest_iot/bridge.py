@@ -45,8 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ERROR = AppliedReport("error", None)
-# not a classic report: named or AWS (as the broker plugin renames it), or foreign
-_SHADOW_REQUESTS = ("$aws/", "iotcloud/aws/", "tenant/")
+_SHADOW_REQUESTS = ("$aws/", "tenant/")  # not a classic report: named or AWS, or foreign
 
 
 class _Undo(Exception):

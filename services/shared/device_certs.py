@@ -60,7 +60,7 @@ def facts(certificate: x509.Certificate) -> CertificateFacts:
     return CertificateFacts(
         certificate_id=fingerprint(certificate),
         certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
-        subject=certificate.subject.rfc4514_string(),
+        subject=certificate.subject.rfc4514_string(),  # escapes NUL and the like
         not_after=certificate.not_valid_after_utc,
         self_signed=is_self_signed(certificate),
     )

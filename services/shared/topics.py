@@ -7,11 +7,8 @@ import re
 REPORTED_SUBSCRIPTION = "tenant/+/device/+/shadow/reported"
 NAMED_REPORTED_SUBSCRIPTION = "tenant/+/device/+/shadow/name/+/reported"
 # The AWS IoT Device Shadow requests (SPEC §9): classic and named, get/update/delete.
-# Our Mosquitto plugin hands them on as ``iotcloud/aws/things/...``: Mosquitto 2.0 never
-# delivers a ``$`` topic to a ``$share/...`` subscription (broker/iotcloud_auth.c).
 AWS_SUBSCRIPTIONS = tuple(
-    f"{root}/things/+/shadow/{named}{operation}"
-    for root in ("$aws", "iotcloud/aws")
+    f"$aws/things/+/shadow/{named}{operation}"
     for named in ("", "name/+/")
     for operation in ("get", "update", "delete")
 )
@@ -20,9 +17,7 @@ SHARED_GROUP = "ingest"
 DELIVERY_MARKER_TOPIC = "iotcloud/delivery-marker"
 _REPORTED = re.compile(r"^tenant/([^/]+)/device/([^/]+)/shadow/reported$")
 _NAMED_REPORTED = re.compile(r"\Atenant/([^/]+)/device/([^/]+)/shadow/name/([^/]+)/reported\Z")
-_AWS_REQUEST = re.compile(
-    r"\A(?:\$aws|iotcloud/aws)/things/([^/]+)/shadow/(?:name/([^/]+)/)?(get|update|delete)\Z"
-)
+_AWS_REQUEST = re.compile(r"\A\$aws/things/([^/]+)/shadow/(?:name/([^/]+)/)?(get|update|delete)\Z")
 
 
 def device_prefix(tenant_id: str, device_id: str) -> str:

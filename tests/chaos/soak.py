@@ -135,6 +135,7 @@ class Stack:
             "IOTCLOUD_PG_PORT": str(self.pg_port),
             "IOTCLOUD_BROKER_PORT": str(self.broker_port),
             "IOTCLOUD_BROKER_TLS_PORT": str(free_port()),
+            "IOTCLOUD_BROKER_CERT_PORT": str(free_port()),
             "UI_PORT": str(self.ui_port),
             "INGEST_PORT": str(self.ingest_port),
             "PYTHONPATH": str(ROOT / "services"),

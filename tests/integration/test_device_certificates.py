@@ -366,3 +366,33 @@ async def cli_error(argv: list[str]) -> str:
     except DomainError as exc:
         return str(exc.detail)
     raise AssertionError(f"{argv} succeeded")
+
+
+async def test_odd_certificate_ids_and_subjects_are_a_clear_4xx(cert_stack: CertStack) -> None:
+    env = cert_stack
+    _, headers = await env.stack.tenant("admin")
+    device_id = (await env.stack.device(headers))["device_id"]
+    path = f"/customer/devices/{device_id}/certificates"
+    for odd in ("nope", "a" * 65, "%00" + "a" * 63, "g" * 64):
+        response = await env.stack.ui.delete(f"{path}/{odd}", headers=headers)
+        assert response.status_code == 404, (odd, response.text)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nul\x00inside")])
+    now = datetime.now(UTC)
+    nul_subject = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    # Kept, with the subject escaped as RFC 4514 text (PostgreSQL text holds no NUL).
+    response = await post(env, headers, device_id, {"certificate_pem": nul_subject})
+    assert response.status_code == 201, response.text
+    listed = (await env.stack.ui.get(path, headers=headers)).json()["items"]
+    assert listed[0]["subject"] == "O=nul\\00inside", listed

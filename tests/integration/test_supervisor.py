@@ -92,6 +92,7 @@ def start_up(
         "INGEST_PORT": str(up.ingest_port),
         "IOTCLOUD_BROKER_PORT": str(up.broker_port),
         "IOTCLOUD_BROKER_TLS_PORT": str(free_port()),
+        "IOTCLOUD_BROKER_CERT_PORT": str(free_port()),
         "PYTHONPATH": str(ROOT / "services"),
         **extra_env,
     }

@@ -6,6 +6,7 @@ store is returned to the caller, which writes it after the commit (``shared.devi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from shared.db import Connection
 from shared.device_certs import CertificateRefused, DeviceCa
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.repositories import certificates as repo
+
+CERTIFICATE_ID = re.compile(r"\A[0-9A-Fa-f]{64}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +100,13 @@ async def register(
     await _require_device(conn, tenant_id, device_id)
     try:
         certificate = device_certs.load_certificate(certificate_pem)
+        facts = device_certs.facts(certificate)
     except CertificateRefused as exc:
         raise Unprocessable(str(exc)) from None
     for ca_pem in await repo.device_ca_certificates(conn):
         if device_certs.issued_by(certificate, ca_pem):
             # Every certificate a device CA here issued is registered at issue, to its device.
             raise Conflict("this certificate was issued here for a device and is registered")
-    facts = device_certs.facts(certificate)
     stored = await repo.insert(
         conn,
         certificate_id=facts.certificate_id,
@@ -140,6 +143,8 @@ async def list_certificates(
 
 async def revoke(conn: Connection, *, tenant_id: str, device_id: str, certificate_id: str) -> None:
     """Gone at commit: the broker cuts the device's session and refuses the certificate."""
+    if not CERTIFICATE_ID.match(certificate_id):
+        raise NotFound(f"certificate {certificate_id!r} not found for device {device_id!r}")
     if not await repo.delete(
         conn, tenant_id=tenant_id, device_id=device_id, certificate_id=certificate_id.lower()
     ):
