@@ -728,3 +728,34 @@ async def test_cli_refuses_bad_input_before_anything_starts(database_url: str) -
         assert await conn.fetchval("SELECT count(*) FROM rollouts") == 0
     finally:
         await conn.close()
+
+
+async def test_writes_the_model_refuses_count_against_the_stage(stack: Stack) -> None:
+    tenant, operator = await stack.tenant("operator")
+    await add_fleet(stack.settings.database_url, tenant, 11)
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        await conn.execute(
+            """INSERT INTO device_models (tenant_id, model_id, desired_schema)
+               VALUES ($1, 'strict', '{"properties": {"fw": {"enum": ["1.0"]}}}')""",
+            tenant,
+        )
+        await conn.execute(
+            """UPDATE devices SET model_id = 'strict' WHERE tenant_id = $1
+               AND device_id IN ('fd-0000001', 'fd-0000002', 'fd-0000003')""",
+            tenant,
+        )
+    finally:
+        await conn.close()
+    async with devices_answering(stack, tenant, healthy):
+        response = await stack.ui.post(
+            "/customer/fleet/rollouts",
+            json=body(stages=[100], success={"synced_ratio": 0.8, "within_s": 600}),
+            headers=operator,
+        )
+        rollout_id = response.json()["rollout_id"]
+        paused = await wait_state(stack, operator, rollout_id, {"paused", "done"}, timeout=30)
+    assert paused["state"] == "paused", paused
+    stage = paused["stages"][0]
+    assert (stage["written"], stage["not_written"]) == (7, 3)
+    assert "3 refused the write" in paused["reason"]

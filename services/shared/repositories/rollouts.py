@@ -286,6 +286,7 @@ async def stage_counts(
         f"""SELECT r.stage, count(*) AS devices,
                    count(*) FILTER (WHERE r.outcome = 'written') AS written,
                    count(*) FILTER (WHERE r.outcome IN ('skipped', 'failed')) AS not_written,
+                   count(*) FILTER (WHERE r.outcome = 'failed') AS failed,
                    count(*) FILTER (WHERE r.outcome = 'written' AND synced) AS synced,
                    count(*) FILTER (WHERE r.outcome = 'written' AND rejected) AS rejected,
                    count(*) FILTER (WHERE r.outcome = 'written' AND synced AND NOT healthy)

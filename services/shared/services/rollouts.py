@@ -47,6 +47,7 @@ BATCH_SIZE = 500
 MAX_STAGES = 20
 MAX_WITHIN_S = 7 * 24 * 3600
 POLL_INTERVAL_S = 1.0
+_EPSILON = 1e-9  # synced_ratio x devices in floating point: 0.1 * 3 is 0.30000000000000004
 HEALTH_OPS = ("==", "!=", "<", "<=", ">", ">=", "in")
 _BODY_KEYS = frozenset({"filter", "desired", "stages", "success", "on_failure"})
 
@@ -484,10 +485,12 @@ async def _gate(conn: Connection, row: asyncpg.Record) -> bool:
         )
     }
     found = counts.get(row["stage"])
-    written = found["written"] if found else 0
+    # A write the twin refused (its model's schema) counts against the stage; a device
+    # deleted since the rollout started does not count at all.
+    written = (found["written"] + found["failed"]) if found else 0
     good = found["good"] if found else 0
     ratio = success["synced_ratio"]
-    if written == 0 or good >= ratio * written:
+    if written == 0 or good >= ratio * written - _EPSILON:
         last = row["stage"] + 1 >= len(row["stages"])
         await repo.update_state(
             conn,
@@ -499,14 +502,16 @@ async def _gate(conn: Connection, row: asyncpg.Record) -> bool:
         )
         return True
     rejected = found["rejected"] if found else 0
-    hopeless = written - rejected < ratio * written
+    refused = rejected + (found["failed"] if found else 0)
+    hopeless = written - refused < ratio * written - _EPSILON
     if not hopeless and not await repo.gate_expired(
         conn, rollout_id=row["rollout_id"], within_s=float(success["within_s"])
     ):
         return False
     reason = (
         f"stage {row['stage']}: {good} of {written} devices synced and healthy"
-        f" ({rejected} rejected, {found['unhealthy'] if found else 0} unhealthy);"
+        f" ({rejected} rejected, {found['unhealthy'] if found else 0} unhealthy,"
+        f" {found['failed'] if found else 0} refused the write);"
         f" {ratio} needed within {success['within_s']} s"
     )
     failed_state = "reverting" if row["on_failure"] == "revert" else "paused"
