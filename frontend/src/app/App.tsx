@@ -1,5 +1,7 @@
 import { useEffect } from 'react';
 import { clearToken } from '../services/api/devices';
+import { AuditPage } from '../features/admin/AuditPage';
+import { UsersPage } from '../features/admin/UsersPage';
 import { SignInPage } from '../features/auth/SignInPage';
 import { DevicePage } from '../features/devices/DevicePage';
 import { FleetPage } from '../features/devices/FleetPage';
@@ -39,6 +41,8 @@ export function App() {
         </Link>
         <nav aria-label="Main">
           <Link to="/">Fleet</Link>
+          <Link to="/users">Users</Link>
+          <Link to="/audit">Audit</Link>
         </nav>
         <button type="button" className="signout" onClick={() => clearToken()}>
           Sign out
@@ -47,6 +51,8 @@ export function App() {
       <ErrorBoundary key={pathname}>
         {route.name === 'fleet' && <FleetPage />}
         {route.name === 'device' && <DevicePage deviceId={route.deviceId} />}
+        {route.name === 'users' && <UsersPage />}
+        {route.name === 'audit' && <AuditPage />}
         {route.name === 'not-found' && (
           <main className="page">
             <h1>Page not found</h1>

@@ -167,12 +167,18 @@ export class SseClient {
   private async readOnce(): Promise<boolean> {
     const token = this.options.getToken();
     if (token === null) throw new Error('not signed in');
-    const headers: Record<string, string> = { Accept: 'text/event-stream', Authorization: `Bearer ${token}` };
+    // Signed in by the session cookie (same-origin): no token in a header or the URL.
+    const headers: Record<string, string> = { Accept: 'text/event-stream' };
     if (this.parser.lastEventId) headers['Last-Event-ID'] = this.parser.lastEventId;
     const controller = new AbortController();
     this.controller = controller;
     const fetchImpl = this.options.fetchImpl ?? fetch;
-    const response = await fetchImpl(this.options.url, { headers, signal: controller.signal, cache: 'no-store' });
+    const response = await fetchImpl(this.options.url, {
+      headers,
+      signal: controller.signal,
+      cache: 'no-store',
+      credentials: 'same-origin',
+    });
     if (response.status === 401) {
       this.closed = true;
       this.options.onUnauthorized?.();
