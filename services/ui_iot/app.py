@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from shared import db
-from shared.services import audit, events, fleet, history, sessions
+from shared.services import audit, events, fleet, history, model_revalidation, sessions
 from shared.settings import Settings
 from shared.web import (
     BodyLimitMiddleware,
@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         )
         app.state.events = events.EventHub(app.state.pool, settings.database_url)
         app.state.user_states = sessions.UserStates(app.state.pool, settings.database_url)
+        app.state.revalidations = model_revalidation.RevalidationRunner(app.state.pool)
         jobs = fleet.JobRunner(
             app.state.pool,
             settings.database_url,
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
                     tasks.create_task(app.state.events.run(), name="twin-event-hub"),
                     tasks.create_task(jobs.run(), name="fleet-job-runner"),
                     tasks.create_task(app.state.user_states.run(), name="user-states"),
+                    tasks.create_task(app.state.revalidations.run(), name="model-revalidation"),
                 ]
                 if settings.audit_retention_days > 0:
                     audit_retention = audit.run_retention(
