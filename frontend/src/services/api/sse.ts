@@ -1,9 +1,10 @@
 /**
  * A small Server-Sent Events reader over fetch + ReadableStream.
  *
- * Why not EventSource: it cannot send the Authorization header (the token would have to go
- * in the URL, and so into proxy and server logs) and it does not let us choose Last-Event-ID
- * ourselves. The parser follows the WHATWG "event stream interpretation" rules.
+ * The console's session cookie signs the stream in (same-origin fetch), so no token goes in
+ * a header or the URL. Why not EventSource: it does not let us choose Last-Event-ID
+ * ourselves, nor tell a 401 from a network error. The parser follows the WHATWG "event
+ * stream interpretation" rules.
  */
 
 export interface SseMessage {
