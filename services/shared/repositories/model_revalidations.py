@@ -107,3 +107,24 @@ async def desired_changed_since(
         model_id,
         since,
     )
+
+
+async def count_devices(conn: Connection, *, tenant_id: str, model_id: str) -> int:
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM devices
+           WHERE tenant_id = $1 AND model_id = $2 AND revoked_at IS NULL""",
+        tenant_id,
+        model_id,
+    )
+    return count
+
+
+async def restart(conn: Connection, *, job_id: uuid.UUID, total: int) -> None:
+    await conn.execute(
+        """UPDATE model_revalidations
+           SET total = $2, checked = 0, invalid_count = 0, devices = '[]'::jsonb,
+               after_device = '', created_at = now()
+           WHERE job_id = $1""",
+        job_id,
+        total,
+    )

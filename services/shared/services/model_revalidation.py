@@ -149,16 +149,22 @@ class RevalidationRunner:
             )
             if len(rows) == BATCH:
                 return True
-            await self._finish(conn, job, invalid_count, listed)
+            await self._finish(conn, job, invalid_count, job["checked"] + len(rows))
             return True
 
     async def _finish(
-        self, conn: Connection, job: asyncpg.Record, invalid_count: int, listed: list[Any]
+        self, conn: Connection, job: asyncpg.Record, invalid_count: int, checked: int
     ) -> None:
         tenant_id, model_id = job["tenant_id"], job["model_id"]
         if invalid_count == 0:
-            # Desired writes of the model's devices wait from here to the commit.
+            # Desired writes and model assignments of the model's devices wait from here to
+            # the commit.
             await models_repo.lock_for_change(conn, tenant_id=tenant_id, model_id=model_id)
+            now = await jobs_repo.count_devices(conn, tenant_id=tenant_id, model_id=model_id)
+            if now != checked:
+                # Devices joined or left the model during the scan: scan again.
+                await jobs_repo.restart(conn, job_id=job["job_id"], total=now)
+                return
             changed = await jobs_repo.desired_changed_since(
                 conn, tenant_id=tenant_id, model_id=model_id, since=job["created_at"]
             )
