@@ -64,10 +64,14 @@ async def test_user_and_tenant_commands(stack: Stack) -> None:
 
     demoted = run(env, "user", "set-role", "ops@acme.test", "viewer")
     assert demoted.returncode == 0 and lines(demoted.stdout)[0]["role"] == "viewer"
-    patch = await stack.ui.patch(
-        "/customer/devices/x/twin/desired", json={"desired": {}}, headers=ops
-    )
-    assert patch.status_code == 403  # the token now carries the viewer role
+
+    async def viewer_now() -> bool:
+        patch = await stack.ui.patch(
+            "/customer/devices/x/twin/desired", json={"desired": {}}, headers=ops
+        )
+        return patch.status_code == 403  # the token now carries the viewer role
+
+    await eventually(viewer_now, timeout=1.0, interval=0.02)
 
     assert run(env, "user", "disable", "ops@acme.test").returncode == 0
 
@@ -106,6 +110,21 @@ async def test_user_and_tenant_commands(stack: Stack) -> None:
     assert [(t["tenant_id"], t["users"], t["devices"]) for t in tenants] == [
         ("acme", 1, 1),
         ("other", 1, 0),
+    ]
+
+    # Every command that changed something is in the tenant's audit log, by the CLI.
+    log = (await stack.ui.get("/customer/audit", headers=boss)).json()["items"]
+    by_cli = [(e["action"], e["target"]) for e in log if e["actor"] == "iotcloud-cli"]
+    assert by_cli == [
+        ("auth.token_issued", "boss@acme.test"),
+        ("device.create", "acme-1"),
+        ("user.delete", "ops@acme.test"),
+        ("user.enable", "ops@acme.test"),
+        ("user.disable", "ops@acme.test"),
+        ("user.set_role", "ops@acme.test"),
+        ("auth.token_issued", "ops@acme.test"),
+        ("user.create", "ops@acme.test"),
+        ("user.create", "boss@acme.test"),
     ]
 
     # Without --yes nothing goes: the answer says what would.

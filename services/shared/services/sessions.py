@@ -90,6 +90,12 @@ class UserStates:
         if self._loading.get(user_id) is done:
             del self._loading[user_id]
 
+    def forget(self, user_id: int) -> None:
+        """Drop what this process knows of the user now, as the NOTIFY will (a change made
+        through this process is then seen by the very next request, whatever the NOTIFY's
+        delay; other processes see it when the NOTIFY arrives)."""
+        self._forget(user_id)
+
     def _forget(self, user_id: int) -> None:
         self._generation += 1
         self._known.pop(user_id, None)
