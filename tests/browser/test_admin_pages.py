@@ -30,3 +30,6 @@ async def test_users_and_audit_pages(services: dict[str, str], database_url: str
         timeout=240,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    # Every step ran (a step after a failure would be skipped, not failed).
+    assert "skip" not in result.stdout.lower().replace("skipped 0", ""), result.stdout
+    assert "change your own password" in result.stdout, result.stdout

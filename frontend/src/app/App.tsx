@@ -1,5 +1,6 @@
 import { useEffect } from 'react';
 import { clearToken } from '../services/api/devices';
+import { AccountPage } from '../features/admin/AccountPage';
 import { AuditPage } from '../features/admin/AuditPage';
 import { UsersPage } from '../features/admin/UsersPage';
 import { SignInPage } from '../features/auth/SignInPage';
@@ -43,6 +44,7 @@ export function App() {
           <Link to="/">Fleet</Link>
           <Link to="/users">Users</Link>
           <Link to="/audit">Audit</Link>
+          <Link to="/account">Account</Link>
         </nav>
         <button type="button" className="signout" onClick={() => clearToken()}>
           Sign out
@@ -53,6 +55,7 @@ export function App() {
         {route.name === 'device' && <DevicePage deviceId={route.deviceId} />}
         {route.name === 'users' && <UsersPage />}
         {route.name === 'audit' && <AuditPage />}
+        {route.name === 'account' && <AccountPage />}
         {route.name === 'not-found' && (
           <main className="page">
             <h1>Page not found</h1>

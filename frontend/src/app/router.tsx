@@ -39,6 +39,7 @@ export type Route =
   | { name: 'signin' }
   | { name: 'users' }
   | { name: 'audit' }
+  | { name: 'account' }
   | { name: 'not-found' };
 
 export function matchRoute(pathname: string): Route {
@@ -46,6 +47,7 @@ export function matchRoute(pathname: string): Route {
   if (pathname === '/signin') return { name: 'signin' };
   if (pathname === '/users') return { name: 'users' };
   if (pathname === '/audit') return { name: 'audit' };
+  if (pathname === '/account') return { name: 'account' };
   const device = /^\/devices\/([^/]+)\/?$/.exec(pathname);
   if (device?.[1]) {
     try {

@@ -1,5 +1,5 @@
 /** Administration (SPEC §10): the tenant's users and its audit log, for admins. */
-import { request } from './client';
+import { request, storeToken } from './client';
 
 export type Role = 'viewer' | 'operator' | 'admin';
 export const ROLES: Role[] = ['viewer', 'operator', 'admin'];
@@ -56,4 +56,15 @@ export async function listAudit(
     signal,
   });
   return body;
+}
+
+/** Change your own password; every other session and token of yours ends. */
+export async function changePassword(currentPassword: string, newPassword: string): Promise<void> {
+  await request<null>('/auth/password', {
+    method: 'POST',
+    json: { current_password: currentPassword, new_password: newPassword },
+  });
+  // The session continues on a new cookie, with a new CSRF token in the readable cookie.
+  const csrf = /(?:^|;\s*)iotcloud_csrf=([^;]+)/.exec(document.cookie)?.[1];
+  if (csrf) storeToken(decodeURIComponent(csrf), null);
 }
