@@ -55,3 +55,28 @@ CREATE TABLE sign_in_failures (
     first_at     timestamptz NOT NULL,
     locked_until timestamptz
 );
+
+-- A change of a model's schemas, checked against the current desired state of its devices
+-- by a background job (in batches, with progress) before it is applied; refused if any
+-- device would break. One running check per model.
+CREATE TABLE model_revalidations (
+    job_id          uuid PRIMARY KEY,
+    tenant_id       text NOT NULL,
+    model_id        text NOT NULL,
+    desired_schema  jsonb NOT NULL,
+    reported_schema jsonb,
+    status          text NOT NULL DEFAULT 'running'
+                    CHECK (status IN ('running', 'applied', 'refused')),
+    total           bigint NOT NULL,
+    checked         bigint NOT NULL DEFAULT 0,
+    invalid_count   bigint NOT NULL DEFAULT 0,
+    devices         jsonb NOT NULL DEFAULT '[]'::jsonb,
+    after_device    text NOT NULL DEFAULT '',
+    created_by      text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz,
+    FOREIGN KEY (tenant_id, model_id)
+        REFERENCES device_models (tenant_id, model_id) ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX model_revalidations_one_running
+    ON model_revalidations (tenant_id, model_id) WHERE status = 'running';

@@ -166,7 +166,8 @@ function api(page, method, path, body) {
       const stored = JSON.parse(localStorage.getItem('iotcloud.token') ?? 'null');
       const response = await fetch(path, {
         method,
-        headers: { Authorization: `Bearer ${stored?.accessToken}`, 'Content-Type': 'application/json' },
+        // The session cookie signs the request in; writes carry the session's CSRF token.
+        headers: { 'X-CSRF-Token': stored?.accessToken ?? '', 'Content-Type': 'application/json' },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
       const text = await response.text();

@@ -171,6 +171,7 @@ async def cmd_user_create(args: argparse.Namespace) -> None:
     from iotcloud.cli_devices import check_tenant_id
     from shared.repositories import tenants, users
     from shared.security import hash_password
+    from shared.services import audit
 
     check_tenant_id(args.tenant)
     args.password = read_password(args)
@@ -183,13 +184,24 @@ async def cmd_user_create(args: argparse.Namespace) -> None:
         await db.migrate(conn)
         if not await tenants.exists(conn, args.tenant):
             raise CliError(f"no tenant {args.tenant!r}")
-        return await users.insert(
-            conn,
-            tenant_id=args.tenant,
-            email=args.email,
-            password_hash=hash_password(args.password),
-            role=args.role,
-        )
+        async with conn.transaction():
+            user_id = await users.insert(
+                conn,
+                tenant_id=args.tenant,
+                email=args.email,
+                password_hash=hash_password(args.password),
+                role=args.role,
+            )
+            if user_id is not None:
+                await audit.record(
+                    conn,
+                    CLI_ACTOR,
+                    "user.create",
+                    args.email,
+                    {"role": args.role},
+                    tenant_id=args.tenant,
+                )
+            return user_id
 
     user_id = await _with_conn(work)
     if user_id is None:
@@ -220,6 +232,7 @@ def read_password(args: argparse.Namespace) -> str:
 async def cmd_token(args: argparse.Namespace) -> None:
     from shared.repositories import users
     from shared.security import Principal, issue_token
+    from shared.services import audit
 
     if not 1 <= args.ttl <= MAX_TOKEN_TTL_S:
         raise CliError(f"--ttl must be from 1 to {MAX_TOKEN_TTL_S} seconds")
@@ -231,7 +244,18 @@ async def cmd_token(args: argparse.Namespace) -> None:
     who = Principal(
         user["user_id"], user["email"], user["tenant_id"], user["role"], user["token_version"]
     )
-    print(issue_token(who, secret=jwt_secret(), ttl_s=args.ttl))
+    token = issue_token(who, secret=jwt_secret(), ttl_s=args.ttl)
+    await _with_conn(
+        lambda conn: audit.record(
+            conn,
+            CLI_ACTOR,
+            "auth.token_issued",
+            who.email,
+            {"ttl_s": args.ttl},
+            tenant_id=who.tenant_id,
+        )
+    )
+    print(token)
 
 
 async def cmd_device_create(args: argparse.Namespace) -> None:
@@ -382,7 +406,7 @@ async def cmd_fleet_set_desired(args: argparse.Namespace) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from shared.repositories import tenants
-    from shared.services import fleet
+    from shared.services import audit, fleet
 
     try:
         desired = orjson.loads(args.desired)
@@ -413,6 +437,14 @@ async def cmd_fleet_set_desired(args: argparse.Namespace) -> None:
                 raise CliError(f"no tenant {args.tenant!r}")
             job_id = await fleet.create_job(
                 conn, tenant_id=args.tenant, request=request, created_by=CLI_ACTOR
+            )
+            await audit.record(
+                conn,
+                CLI_ACTOR,
+                "bulk_job.create",
+                job_id,
+                {"filter": filter_document},
+                tenant_id=args.tenant,
             )
         print(f"job {job_id}", file=sys.stderr)
         with Progress(

@@ -8,6 +8,7 @@ from shared import db
 from shared.ids import DEVICE_ID_RE
 from shared.repositories import bulk_devices, tenants
 from shared.security import hash_provision_token, new_provision_token
+from shared.services import audit
 from shared.services.devices import NewDevice, create_device
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,15 @@ async def create_devices(
         async with conn.transaction():
             if not await tenants.exists(conn, tenant_id):
                 raise ProvisioningError(f"no tenant {tenant_id!r}")
-            return [
+            created = [
                 await create_device(conn, tenant_id=tenant_id, device_id=device_id, name=name)
                 for device_id, name in specs
             ]
+            for device in created:
+                await audit.record(
+                    conn, "iotcloud-cli", "device.create", device.device_id, tenant_id=tenant_id
+                )
+            return created
     finally:
         await conn.close()
 

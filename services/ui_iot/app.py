@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from shared import db
 from shared.api_docs import install_docs
-from shared.services import audit, events, fleet, history, rollouts, sessions
+from shared.services import audit, events, fleet, history, model_revalidation, rollouts, sessions
 from shared.settings import Settings
 from shared.web import (
     BodyLimitMiddleware,
@@ -52,6 +52,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
         )
         app.state.events = events.EventHub(app.state.pool, settings.database_url)
         app.state.user_states = sessions.UserStates(app.state.pool, settings.database_url)
+        app.state.revalidations = model_revalidation.RevalidationRunner(app.state.pool)
         jobs = fleet.JobRunner(
             app.state.pool,
             settings.database_url,
@@ -70,6 +71,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
                         name="rollout-runner",
                     ),
                     tasks.create_task(app.state.user_states.run(), name="user-states"),
+                    tasks.create_task(app.state.revalidations.run(), name="model-revalidation"),
                 ]
                 if settings.audit_retention_days > 0:
                     audit_retention = audit.run_retention(

@@ -112,6 +112,21 @@ async def test_user_and_tenant_commands(stack: Stack) -> None:
         ("other", 1, 0),
     ]
 
+    # Every command that changed something is in the tenant's audit log, by the CLI.
+    log = (await stack.ui.get("/customer/audit", headers=boss)).json()["items"]
+    by_cli = [(e["action"], e["target"]) for e in log if e["actor"] == "iotcloud-cli"]
+    assert by_cli == [
+        ("auth.token_issued", "boss@acme.test"),
+        ("device.create", "acme-1"),
+        ("user.delete", "ops@acme.test"),
+        ("user.enable", "ops@acme.test"),
+        ("user.disable", "ops@acme.test"),
+        ("user.set_role", "ops@acme.test"),
+        ("auth.token_issued", "ops@acme.test"),
+        ("user.create", "ops@acme.test"),
+        ("user.create", "boss@acme.test"),
+    ]
+
     # Without --yes nothing goes: the answer says what would.
     dry = run(env, "tenant", "delete", "acme")
     assert dry.returncode == 2 and "1 devices, 1 users" in dry.stderr and "--yes" in dry.stderr

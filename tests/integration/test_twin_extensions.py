@@ -563,6 +563,19 @@ async def test_reports_breaking_the_model_are_accepted_and_flagged(stack: Stack)
     assert (await fleet.twin(device_id)).json()["reported_schema_errors"] == []
 
 
+async def _revalidated(
+    stack: Stack, headers: dict[str, str], model_id: str, job_id: str
+) -> dict[str, Any]:
+    """The model change's job once it has finished (it runs in the background)."""
+    url = f"/customer/models/{model_id}/revalidations/{job_id}"
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        job: dict[str, Any] = (await stack.ui.get(url, headers=headers)).json()
+        if job["status"] != "running" or asyncio.get_running_loop().time() > deadline:
+            return job
+        await asyncio.sleep(0.05)
+
+
 async def test_changing_a_model_is_refused_if_devices_would_break(stack: Stack) -> None:
     fleet = await _fleet(stack)
     assert (await fleet.model("thermo", THERMOSTAT)).status_code == 201
@@ -577,11 +590,13 @@ async def test_changing_a_model_is_refused_if_devices_would_break(stack: Stack) 
     ] == 3
 
     stricter = {**THERMOSTAT, "properties": {"interval_s": {"type": "integer", "maximum": 60}}}
-    refused = await stack.ui.put(
+    queued = await stack.ui.put(
         "/customer/models/thermo", json={"desired_schema": stricter}, headers=fleet.admin
     )
-    assert refused.status_code == 409
-    detail = refused.json()["detail"]
+    assert queued.status_code == 202, queued.text
+    assert (queued.json()["status"], queued.json()["total"]) == ("running", 3)
+    detail = await _revalidated(stack, fleet.viewer, "thermo", queued.json()["job_id"])
+    assert (detail["status"], detail["checked"]) == ("refused", 3)
     assert detail["invalid_count"] == 1
     assert [d["device_id"] for d in detail["devices"]] == [devices[2]]
     assert detail["devices"][0]["errors"][0]["pointer"] == "/interval_s"
@@ -590,12 +605,15 @@ async def test_changing_a_model_is_refused_if_devices_would_break(stack: Stack) 
     ] == THERMOSTAT
 
     looser = {**THERMOSTAT, "properties": {"interval_s": {"type": "integer", "maximum": 600}}}
-    changed = await stack.ui.put(
+    queued = await stack.ui.put(
         "/customer/models/thermo",
         json={"desired_schema": looser, "reported_schema": REPORTED},
         headers=fleet.admin,
     )
-    assert changed.status_code == 200, changed.text
+    assert queued.status_code == 202, queued.text
+    applied = await _revalidated(stack, fleet.viewer, "thermo", queued.json()["job_id"])
+    assert applied["status"] == "applied", applied
+    changed = await stack.ui.get("/customer/models/thermo", headers=fleet.viewer)
     assert changed.json()["desired_schema"] == looser
     assert changed.json()["reported_schema"] == REPORTED
     assert (await fleet.patch(devices[0], {"interval_s": 601})).json()["detail"]["errors"][0][

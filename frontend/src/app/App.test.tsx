@@ -11,9 +11,9 @@ describe('App', () => {
   it('asks for sign-in, shows an error for bad credentials, then opens the page asked for', async () => {
     window.history.replaceState(null, '', '/devices/dev-1');
     mockFetch((call) => {
-      if (call.url === '/auth/token') {
+      if (call.url === '/auth/session') {
         return String(call.body).includes('password=right')
-          ? json(200, { access_token: 'tkn', token_type: 'bearer', expires_in: 60 })
+          ? json(200, { user_id: 1, email: 'ops@example.com', tenant_id: 't', role: 'admin', csrf_token: 'tkn', expires_in: 60 })
           : json(401, { detail: 'Incorrect username or password' });
       }
       return json(404, { detail: 'Device not found' });

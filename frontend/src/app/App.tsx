@@ -1,5 +1,8 @@
 import { useEffect } from 'react';
 import { clearToken } from '../services/api/devices';
+import { AccountPage } from '../features/admin/AccountPage';
+import { AuditPage } from '../features/admin/AuditPage';
+import { UsersPage } from '../features/admin/UsersPage';
 import { SignInPage } from '../features/auth/SignInPage';
 import { DevicePage } from '../features/devices/DevicePage';
 import { FleetPage } from '../features/devices/FleetPage';
@@ -21,6 +24,7 @@ function nextPath(search: string): string {
 export function App() {
   const signedIn = useSignedIn();
   const me = useMeLoader(signedIn);
+  const isAdmin = me?.role === 'admin';
   const { pathname, search } = useLocation();
   const route = matchRoute(pathname);
 
@@ -45,6 +49,9 @@ export function App() {
         </Link>
         <nav aria-label="Main">
           <Link to="/">Fleet</Link> <Link to="/rollouts">Rollouts</Link> <Link to="/models">Models</Link>
+          {isAdmin && <Link to="/users">Users</Link>}
+          {isAdmin && <Link to="/audit">Audit</Link>}
+          <Link to="/account">Account</Link>
         </nav>
         <WhoAmI me={me} />
         <button type="button" className="signout" onClick={() => clearToken()}>
@@ -57,6 +64,9 @@ export function App() {
         {route.name === 'rollouts' && <RolloutsPage />}
         {route.name === 'rollout' && <RolloutPage rolloutId={route.rolloutId} />}
         {route.name === 'models' && <ModelsPage />}
+        {route.name === 'users' && <UsersPage />}
+        {route.name === 'audit' && <AuditPage />}
+        {route.name === 'account' && <AccountPage />}
         {route.name === 'not-found' && (
           <main className="page">
             <h1>Page not found</h1>

@@ -40,6 +40,9 @@ export type Route =
   | { name: 'rollouts' }
   | { name: 'rollout'; rolloutId: string }
   | { name: 'signin' }
+  | { name: 'users' }
+  | { name: 'audit' }
+  | { name: 'account' }
   | { name: 'not-found' };
 
 export function matchRoute(pathname: string): Route {
@@ -49,6 +52,9 @@ export function matchRoute(pathname: string): Route {
   const rollout = /^\/rollouts\/([0-9a-fA-F-]{36})\/?$/.exec(pathname);
   if (rollout?.[1]) return { name: 'rollout', rolloutId: rollout[1] };
   if (pathname === '/models') return { name: 'models' };
+  if (pathname === '/users') return { name: 'users' };
+  if (pathname === '/audit') return { name: 'audit' };
+  if (pathname === '/account') return { name: 'account' };
   const device = /^\/devices\/([^/]+)\/?$/.exec(pathname);
   if (device?.[1]) {
     try {

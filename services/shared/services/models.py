@@ -72,6 +72,11 @@ def _check_schemas(
         )
 
 
+# The schema checks of a change, also run when the change is checked in the background
+# (shared.services.model_revalidation).
+check_schemas = _check_schemas
+
+
 async def create_model(
     conn: Connection,
     *,

@@ -48,6 +48,7 @@ class UserStates:
         self._generation = 0
         self._listening = False
         self._watchers: dict[int, set[asyncio.Event]] = {}
+        self._loading: dict[int, asyncio.Future[UserState | None]] = {}
 
     def current(self, who: Principal) -> Principal | bool | None:
         """The principal as it stands now (with the user's current role), None when the
@@ -62,12 +63,21 @@ class UserStates:
         return _judge(who, state)  # type: ignore[arg-type]
 
     async def check(self, who: Principal) -> Principal | None:
-        """:meth:`current`, reading the user's row when it is not known."""
+        """:meth:`current`, reading the user's row when it is not known (once for all the
+        requests of that user waiting at the moment: a burst after a NOTIFY is one query)."""
         known = self.current(who)
         if known is not False:
             return known  # type: ignore[return-value]
+        loading = self._loading.get(who.user_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(who.user_id))
+            self._loading[who.user_id] = loading
+            loading.add_done_callback(lambda done: self._done_loading(who.user_id, done))
+        return _judge(who, await asyncio.shield(loading))
+
+    async def _load(self, user_id: int) -> UserState | None:
         generation = self._generation
-        row = await users_repo.token_state(self._pool, who.user_id)
+        row = await users_repo.token_state(self._pool, user_id)
         state = (
             UserState(row["tenant_id"], row["role"], row["disabled"], row["token_version"])
             if row is not None
@@ -77,18 +87,31 @@ class UserStates:
         if self._listening and generation == self._generation:
             if len(self._known) >= MAX_KNOWN_USERS:
                 self._known.clear()
-            self._known[who.user_id] = state
-        return _judge(who, state)
+            self._known[user_id] = state
+        return state
+
+    def _done_loading(self, user_id: int, done: asyncio.Future[UserState | None]) -> None:
+        if self._loading.get(user_id) is done:
+            del self._loading[user_id]
+
+    def forget(self, user_id: int) -> None:
+        """Drop what this process knows of the user now, as the NOTIFY will (a change made
+        through this process is then seen by the very next request, whatever the NOTIFY's
+        delay; other processes see it when the NOTIFY arrives)."""
+        self._forget(user_id)
 
     def _forget(self, user_id: int) -> None:
         self._generation += 1
         self._known.pop(user_id, None)
+        # A read begun before the change may return the old row: later requests read anew.
+        self._loading.pop(user_id, None)
         for event in self._watchers.get(user_id, ()):
             event.set()
 
     def _forget_all(self) -> None:
         self._generation += 1
         self._known.clear()
+        self._loading.clear()
         for watchers in self._watchers.values():
             for event in watchers:
                 event.set()

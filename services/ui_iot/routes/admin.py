@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.services import audit, users
@@ -95,18 +95,23 @@ async def create_user(
 
 @router.patch("/users/{user_id}", response_model=User, responses={**_LAST_ADMIN, **_NO_USER})
 async def change_user(
-    user_id: UserId, body: UserChange, who: Admin, conn: Conn, ip: ClientIp
+    user_id: UserId, body: UserChange, request: Request, who: Admin, conn: Conn, ip: ClientIp
 ) -> dict[str, Any]:
     """Change a user's role or disable/enable them; takes effect on their tokens at once."""
-    return await users.update_user(
+    changed = await users.update_user(
         conn, who, user_id=user_id, role=body.role, disabled=body.disabled, ip=ip
     )
+    request.app.state.user_states.forget(user_id)
+    return changed
 
 
 @router.delete("/users/{user_id}", status_code=204, responses={**_LAST_ADMIN, **_NO_USER})
-async def delete_user(user_id: UserId, who: Admin, conn: Conn, ip: ClientIp) -> None:
+async def delete_user(
+    user_id: UserId, request: Request, who: Admin, conn: Conn, ip: ClientIp
+) -> None:
     """Delete a user; their tokens stop working at once."""
     await users.delete_user(conn, who, user_id=user_id, ip=ip)
+    request.app.state.user_states.forget(user_id)
 
 
 @router.get("/audit", response_model=AuditPage)

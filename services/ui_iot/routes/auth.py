@@ -162,6 +162,7 @@ async def change_password(
         min_password_length=settings.min_password_length,
         ip=ip,
     )
+    request.app.state.user_states.forget(who.user_id)
     if request.cookies.get(session.SESSION_COOKIE) and not request.headers.get("Authorization"):
         renewed = Principal(who.user_id, who.email, who.tenant_id, who.role, version)
         token = issue_token(renewed, secret=settings.jwt_secret, ttl_s=settings.jwt_ttl_s)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import NotFound, Unprocessable
 from shared.ids import MODEL_ID_PATTERN, is_model_id
-from shared.services import audit, models
+from shared.services import audit, model_revalidation, models
 from shared.web import StorableJSONRoute
 from ui_iot.deps import Admin, AppSettings, ClientIp, Conn, Viewer
 
@@ -99,37 +99,71 @@ async def get_model(model_id: Annotated[str, Path()], who: Viewer, conn: Conn) -
     return await models.get_model(conn, tenant_id=who.tenant_id, model_id=model_id)
 
 
+class Revalidation(BaseModel):
+    job_id: str
+    model_id: str
+    status: str = Field(description="running, applied or refused")
+    total: int = Field(description="devices of the model when the change was asked for")
+    checked: int
+    invalid_count: int = Field(description="devices whose desired state would break")
+    devices: list[dict[str, Any]] = Field(
+        description="at most 5 of them: `{device_id, errors: [{pointer, rule, message}]}`"
+    )
+    created_by: str
+    created_at: str
+    finished_at: str | None
+
+
 @router.put(
     "/{model_id}",
-    response_model=Model,
+    status_code=202,
+    response_model=Revalidation,
     responses={
         404: {"description": "no such model in your tenant (create it with POST)"},
-        409: {
-            "description": "the new desired_schema would make the current desired state of "
-            "some of the model's devices invalid; `detail` is `{message, invalid_count, "
-            "devices: [{device_id, errors: [{pointer, rule, message}]}]}` (at most 5 devices)"
-        },
+        409: {"description": "another change of this model is still being checked"},
         422: {"description": "invalid schema: " + _SCHEMA_ERRORS},
     },
 )
 async def replace_model(
     model_id: Annotated[str, Path()],
     body: ModelSchemas,
+    request: Request,
     who: Admin,
     conn: Conn,
     settings: AppSettings,
     ip: ClientIp,
 ) -> dict[str, Any]:
-    """Replace a model's schemas. Refused (409) if any of its devices' current desired state
-    breaks the new desired_schema; the reported_schema may change freely."""
+    """Change a model's schemas. The current desired state of its devices is checked by a
+    background job (follow it at `GET /customer/models/{id}/revalidations/{job_id}`): the
+    change is applied when every device passes, and refused (`status: refused`, with the
+    devices that would break) otherwise. The reported_schema may change freely."""
     if not is_model_id(model_id):
         raise NotFound(f"model {model_id!r} not found")
-    await audit.record(conn, who, "model.update", model_id, {}, ip)
-    return await models.replace_schemas(
+    job = await model_revalidation.start(
         conn,
         tenant_id=who.tenant_id,
         model_id=model_id,
         desired_schema=body.desired_schema,
         reported_schema=body.reported_schema,
         limits=settings.limits,
+        created_by=who.email,
+    )
+    await audit.record(conn, who, "model.update", model_id, {"job_id": job["job_id"]}, ip)
+    request.app.state.revalidations.wake.set()
+    return job
+
+
+@router.get(
+    "/{model_id}/revalidations/{job_id}",
+    response_model=Revalidation,
+    responses={404: {"description": "no such job of this model in your tenant"}},
+)
+async def get_revalidation(
+    model_id: Annotated[str, Path()], job_id: str, who: Viewer, conn: Conn
+) -> dict[str, Any]:
+    """The progress and outcome of a change of the model's schemas."""
+    if not is_model_id(model_id):
+        raise NotFound(f"model {model_id!r} not found")
+    return await model_revalidation.get(
+        conn, tenant_id=who.tenant_id, model_id=model_id, job_id=job_id
     )

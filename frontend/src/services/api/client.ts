@@ -1,6 +1,10 @@
 /**
- * The HTTP core of the console's API client: same-origin requests, the bearer token,
+ * The HTTP core of the console's API client: same-origin requests on the session cookie,
  * and turning every failure into an ApiError whose message a person can act on.
+ *
+ * The console signs in to an HttpOnly cookie session (POST /auth/session): script cannot
+ * read the session token. What is stored here is the session's CSRF token, sent as
+ * `X-CSRF-Token` on every write; it is worthless without the cookie.
  */
 
 const TOKEN_KEY = 'iotcloud.token';
@@ -37,6 +41,10 @@ export function storeToken(accessToken: string, expiresInSeconds: number | null)
 export function clearToken(): void {
   if (localStorage.getItem(TOKEN_KEY) === null) return;
   localStorage.removeItem(TOKEN_KEY);
+  // Sign the cookie session out too (it is HttpOnly: only the server can clear it).
+  void Promise.resolve()
+    .then(() => fetch('/auth/session', { method: 'DELETE', credentials: 'same-origin' }))
+    .catch(() => undefined);
   notifyAuthListeners();
 }
 
@@ -139,7 +147,7 @@ export interface RequestOptions {
   form?: Record<string, string>;
   headers?: Record<string, string>;
   query?: Record<string, string | number | null | undefined>;
-  /** Send the bearer token and treat a 401 as "session over" (default true). */
+  /** Send the session (and the CSRF token on writes); treat a 401 as "session over" (default true). */
   auth?: boolean;
   signal?: AbortSignal;
 }
@@ -178,12 +186,12 @@ export async function request<T>(path: string, options: RequestOptions = {}): Pr
       clearToken();
       throw new ApiError(401, messageForStatus(401, null));
     }
-    headers.Authorization = `Bearer ${token}`;
+    if (method !== 'GET') headers['X-CSRF-Token'] = token;
   }
 
   let response: Response;
   try {
-    response = await fetch(buildUrl(path, query), { method, headers, body, signal });
+    response = await fetch(buildUrl(path, query), { method, headers, body, signal, credentials: 'same-origin' });
   } catch (error) {
     if (error instanceof DOMException && error.name === 'AbortError') throw error;
     throw new ApiError(0, 'Cannot reach the server. Check your connection and try again.');

@@ -15,12 +15,14 @@ import {
 } from './devices';
 
 describe('devices API client', () => {
-  it('signs in with an OAuth2 password form and keeps the token', async () => {
-    const calls = mockFetch(() => json(200, { access_token: 'abc', token_type: 'bearer', expires_in: 3600 }));
+  it('signs in to a cookie session with an OAuth2 password form and keeps its CSRF token', async () => {
+    const calls = mockFetch(() =>
+      json(200, { user_id: 1, email: 'ops@example.com', tenant_id: 't', role: 'admin', csrf_token: 'abc', expires_in: 3600 }),
+    );
     await login('ops@example.com', 'p@ss word');
     expect(calls[0]).toMatchObject({
       method: 'POST',
-      url: '/auth/token',
+      url: '/auth/session',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
       body: 'username=ops%40example.com&password=p%40ss+word',
     });
@@ -39,7 +41,8 @@ describe('devices API client', () => {
     expect(getToken()).toBeNull();
     const calls = mockFetch(() => json(200, { items: [], next: null }));
     await expect(listDevices()).rejects.toMatchObject({ status: 401 });
-    expect(calls).toHaveLength(0);
+    // Only the sign-out of the stale cookie session goes out.
+    expect(calls.map((call) => `${call.method} ${call.url}`)).toEqual(['DELETE /auth/session']);
   });
 
   it('drops the token on a 401', async () => {
@@ -51,7 +54,7 @@ describe('devices API client', () => {
     expect(getToken()).toBeNull();
   });
 
-  it('lists with limit, cursor and status filter as query parameters and the bearer token', async () => {
+  it('lists with limit, cursor and status filter as query parameters on the session', async () => {
     signIn();
     const calls = mockFetch(() => json(200, { items: [], next: null }));
     await listDevices({ limit: 20, cursor: 'c/2', sync_status: 'pending' });
@@ -60,7 +63,8 @@ describe('devices API client', () => {
       '/customer/devices?limit=20&cursor=c%2F2&sync_status=pending',
       '/customer/devices?limit=20',
     ]);
-    expect(calls[0]?.headers.authorization).toBe('Bearer test-token');
+    expect(calls[0]?.headers.authorization).toBeUndefined(); // the session cookie signs in
+    expect(calls[0]?.headers['x-csrf-token']).toBeUndefined(); // reads need no CSRF token
   });
 
   it('creates a device, sending only the fields given', async () => {

@@ -22,6 +22,16 @@ export interface JsonObject {
   [key: string]: JsonValue;
 }
 
+/** The signed-in operator, as POST/GET /auth/session answer. */
+export interface SessionResponse {
+  user_id: number;
+  email: string;
+  tenant_id: string;
+  role: 'viewer' | 'operator' | 'admin';
+  csrf_token: string;
+  expires_in?: number;
+}
+
 export interface TokenResponse {
   access_token: string;
   token_type: string;
@@ -224,15 +234,15 @@ export function schemaErrorDetail(error: unknown): SchemaErrorDetail | null {
 
 const devicePath = (deviceId: string): string => `/customer/devices/${encodeURIComponent(deviceId)}`;
 
-/** Exchange email and password for a bearer token (OAuth2 password form) and keep it. */
-export async function login(email: string, password: string): Promise<TokenResponse> {
+/** Sign in to a cookie session (OAuth2 password form) and keep its CSRF token. */
+export async function login(email: string, password: string): Promise<SessionResponse> {
   try {
-    const { body } = await request<TokenResponse>('/auth/token', {
+    const { body } = await request<SessionResponse>('/auth/session', {
       method: 'POST',
       form: { username: email, password },
       auth: false,
     });
-    storeToken(body.access_token, body.expires_in ?? null);
+    storeToken(body.csrf_token, body.expires_in ?? null);
     return body;
   } catch (error) {
     if (error instanceof ApiError && (error.status === 400 || error.status === 401)) {

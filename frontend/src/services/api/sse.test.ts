@@ -68,7 +68,7 @@ describe('SseClient', () => {
   let client: SseClient | null = null;
   afterEach(() => client?.close());
 
-  it('sends the bearer token, delivers messages, and resumes with Last-Event-ID after a drop', async () => {
+  it('signs in by the session cookie (no token sent), delivers messages, and resumes with Last-Event-ID after a drop', async () => {
     const streams = [streamResponse(), streamResponse()];
     const requests: Record<string, string>[] = [];
     const fetchImpl = vi.fn(async (_url: RequestInfo | URL, init?: RequestInit) => {
@@ -94,7 +94,8 @@ describe('SseClient', () => {
     streams[0]?.end();
 
     await vi.waitFor(() => expect(requests).toHaveLength(2));
-    expect(requests[0]).toMatchObject({ authorization: 'Bearer tok', accept: 'text/event-stream' });
+    expect(requests[0]).toMatchObject({ accept: 'text/event-stream' });
+    expect(requests[0]?.authorization).toBeUndefined();
     expect(requests[0]?.['last-event-id']).toBeUndefined();
     expect(requests[1]?.['last-event-id']).toBe('41');
     expect(states.slice(0, 4)).toEqual(['connecting', 'live', 'down', 'connecting']);

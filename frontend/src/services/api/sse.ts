@@ -1,9 +1,10 @@
 /**
  * A small Server-Sent Events reader over fetch + ReadableStream.
  *
- * Why not EventSource: it cannot send the Authorization header (the token would have to go
- * in the URL, and so into proxy and server logs) and it does not let us choose Last-Event-ID
- * ourselves. The parser follows the WHATWG "event stream interpretation" rules.
+ * The console's session cookie signs the stream in (same-origin fetch), so no token goes in
+ * a header or the URL. Why not EventSource: it does not let us choose Last-Event-ID
+ * ourselves, nor tell a 401 from a network error. The parser follows the WHATWG "event
+ * stream interpretation" rules.
  */
 
 export interface SseMessage {
@@ -167,12 +168,18 @@ export class SseClient {
   private async readOnce(): Promise<boolean> {
     const token = this.options.getToken();
     if (token === null) throw new Error('not signed in');
-    const headers: Record<string, string> = { Accept: 'text/event-stream', Authorization: `Bearer ${token}` };
+    // Signed in by the session cookie (same-origin): no token in a header or the URL.
+    const headers: Record<string, string> = { Accept: 'text/event-stream' };
     if (this.parser.lastEventId) headers['Last-Event-ID'] = this.parser.lastEventId;
     const controller = new AbortController();
     this.controller = controller;
     const fetchImpl = this.options.fetchImpl ?? fetch;
-    const response = await fetchImpl(this.options.url, { headers, signal: controller.signal, cache: 'no-store' });
+    const response = await fetchImpl(this.options.url, {
+      headers,
+      signal: controller.signal,
+      cache: 'no-store',
+      credentials: 'same-origin',
+    });
     if (response.status === 401) {
       this.closed = true;
       this.options.onUnauthorized?.();
