@@ -32,7 +32,38 @@ describe('App', () => {
     await user.click(screen.getByRole('button', { name: 'Sign in' }));
     expect(await screen.findByRole('button', { name: 'Sign out' })).toBeInTheDocument();
     expect(window.location.pathname).toBe('/devices/dev-1');
-    expect(await screen.findByRole('alert')).toHaveTextContent('This device does not exist');
+    // An unknown device: said once, with no actions on it.
+    expect(await screen.findByText(/in your tenant: it was never created/)).toBeInTheDocument();
+    expect(screen.queryByRole('button', { name: 'Delete device' })).toBeNull();
+  });
+
+  it('shows who is signed in and disables what the role may not do, with the reason', async () => {
+    signIn();
+    mockFetch((call) => {
+      if (call.url === '/auth/me') {
+        return json(200, {
+          user_id: 1,
+          email: 'watcher@acme.test',
+          tenant_id: 'acme',
+          tenant_name: 'Acme Corp',
+          role: 'viewer',
+          permissions: { write_desired: false, run_bulk_jobs: false, manage_devices: false, manage_models: false, manage_users: false },
+        });
+      }
+      return json(200, { items: [], next: null });
+    });
+    render(<App />);
+    const who = await screen.findByLabelText('Signed in as');
+    expect(who).toHaveTextContent('watcher@acme.test');
+    expect(who).toHaveTextContent('Acme Corp');
+    expect(who).toHaveTextContent('viewer');
+    const add = await screen.findByRole('button', { name: 'Add device' });
+    expect(add).toBeDisabled();
+    expect(add).toHaveAttribute('title', 'Needs the admin role; you are signed in as viewer.');
+    expect(screen.getByRole('button', { name: 'Set desired for matching devices' })).toHaveAttribute(
+      'title',
+      'Needs the operator role; you are signed in as viewer.',
+    );
   });
 
   it('goes back to sign-in when the API says the token is no longer valid', async () => {

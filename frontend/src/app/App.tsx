@@ -4,8 +4,11 @@ import { SignInPage } from '../features/auth/SignInPage';
 import { DevicePage } from '../features/devices/DevicePage';
 import { FleetPage } from '../features/devices/FleetPage';
 import { useSignedIn } from './auth';
+import { WhoAmI } from '../features/auth/WhoAmI';
+import { MeProvider, useMeLoader } from './me';
 import { ErrorBoundary } from './ErrorBoundary';
 import { Link, matchRoute, navigate, useLocation } from './router';
+import './operator.css';
 
 /** Where to go after signing in: the `next` of /signin?next=..., if it is one of ours. */
 function nextPath(search: string): string {
@@ -15,6 +18,7 @@ function nextPath(search: string): string {
 
 export function App() {
   const signedIn = useSignedIn();
+  const me = useMeLoader(signedIn);
   const { pathname, search } = useLocation();
   const route = matchRoute(pathname);
 
@@ -32,7 +36,7 @@ export function App() {
   }
 
   return (
-    <>
+    <MeProvider me={me}>
       <header className="app-header">
         <Link to="/" className="brand">
           IoT Cloud <span className="brand-sub">device twins</span>
@@ -40,6 +44,7 @@ export function App() {
         <nav aria-label="Main">
           <Link to="/">Fleet</Link>
         </nav>
+        <WhoAmI me={me} />
         <button type="button" className="signout" onClick={() => clearToken()}>
           Sign out
         </button>
@@ -56,6 +61,6 @@ export function App() {
           </main>
         )}
       </ErrorBoundary>
-    </>
+    </MeProvider>
   );
 }

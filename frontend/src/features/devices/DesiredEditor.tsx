@@ -11,12 +11,14 @@ interface DesiredEditorProps {
   blockedReason?: string;
   /** The desired version the patch will be checked against (If-Match). */
   baseVersion: number | null;
+  /** The role may not write desired state: the text area is read-only too. */
+  readOnly?: boolean;
   /** What the server refused about the last save (e.g. schema errors), shown by the editor. */
   serverErrors?: ReactNode;
 }
 
 /** A plain textarea with inline JSON validation; Save stays disabled, with the reason shown, until the patch is valid. */
-export function DesiredEditor({ text, onTextChange, onSave, saving, blockedReason, baseVersion, serverErrors }: DesiredEditorProps) {
+export function DesiredEditor({ text, onTextChange, onSave, saving, blockedReason, readOnly = false, baseVersion, serverErrors }: DesiredEditorProps) {
   const id = useId();
   const validation = validatePatch(text);
   const reason = blockedReason ?? (saving ? 'Saving…' : validation.ok ? null : validation.reason);
@@ -43,11 +45,18 @@ export function DesiredEditor({ text, onTextChange, onSave, saving, blockedReaso
         placeholder='{"led": "green"}'
         spellCheck={false}
         rows={8}
+        readOnly={readOnly}
         aria-invalid={showAsError}
         aria-describedby={`${id}-help ${id}-status`}
       />
       <div className="editor-actions">
-        <button type="submit" className="primary" disabled={reason !== null} aria-describedby={`${id}-status`}>
+        <button
+          type="submit"
+          className="primary"
+          disabled={reason !== null}
+          title={blockedReason}
+          aria-describedby={`${id}-status`}
+        >
           {saving ? 'Saving…' : 'Save desired'}
         </button>
         <p id={`${id}-status`} className={showAsError ? 'field-error' : 'hint'} aria-live="polite">

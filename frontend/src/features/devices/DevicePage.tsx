@@ -1,6 +1,7 @@
-import { useState } from 'react';
+import { useEffect, useState } from 'react';
 import { Link, navigate } from '../../app/router';
-import { ApiError, deleteDevice } from '../../services/api/devices';
+import { useCan } from '../../app/me';
+import { ApiError, deleteDevice, getDevice } from '../../services/api/devices';
 import { DevicePresence } from './DevicePresence';
 import { DeviceProfileCard } from './DeviceProfileCard';
 import { DeviceTwinPanel } from './DeviceTwinPanel';
@@ -12,6 +13,19 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
   const [error, setError] = useState<string | null>(null);
   // Bumped after each accepted save so the timeline re-reads at once, stream or not.
   const [saves, setSaves] = useState(0);
+  const canDelete = useCan('manage_devices');
+  // An unknown id (or another tenant's): say so once, and neither poll nor offer actions.
+  const [missing, setMissing] = useState(false);
+  useEffect(() => {
+    const controller = new AbortController();
+    setMissing(false);
+    getDevice(deviceId, controller.signal)
+      .then(() => setMissing(false))
+      .catch((caught: unknown) => {
+        if (caught instanceof ApiError && caught.status === 404) setMissing(true);
+      });
+    return () => controller.abort();
+  }, [deviceId]);
 
   const remove = async () => {
     setDeleting(true);
@@ -25,6 +39,26 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
       setConfirming(false);
     }
   };
+
+  if (missing) {
+    return (
+      <main className="page">
+        <nav aria-label="Breadcrumb" className="breadcrumb">
+          <Link to="/">← Fleet</Link>
+        </nav>
+        <h1>
+          Device <code>{deviceId}</code>
+        </h1>
+        <div role="alert" className="alert alert--error device-missing">
+          No device <code>{deviceId}</code> in your tenant: it was never created, it was deleted, or it belongs to
+          another tenant.
+        </div>
+        <p>
+          <Link to="/">Back to the fleet</Link>
+        </p>
+      </main>
+    );
+  }
 
   return (
     <main className="page">
@@ -47,7 +81,13 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
               </button>
             </>
           ) : (
-            <button type="button" className="danger-outline" onClick={() => setConfirming(true)}>
+            <button
+              type="button"
+              className="danger-outline"
+              onClick={() => setConfirming(true)}
+              disabled={!canDelete.allowed}
+              title={canDelete.reason || undefined}
+            >
               Delete device
             </button>
           )}

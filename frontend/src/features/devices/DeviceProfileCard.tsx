@@ -11,6 +11,7 @@ import {
   type SchemaErrorDetail,
 } from '../../services/api/devices';
 import { SchemaErrors } from './SchemaErrors';
+import { useCan } from '../../app/me';
 
 /** Tag keys the server accepts (no ':', so `tag=key:value` filters split unambiguously). */
 export const TAG_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$/;
@@ -28,6 +29,7 @@ export function DeviceProfileCard({ deviceId }: { deviceId: string }) {
   const [error, setError] = useState<string | null>(null);
   const [schemaError, setSchemaError] = useState<SchemaErrorDetail | null>(null);
   const [tagKey, setTagKey] = useState('');
+  const canEdit = useCan('manage_devices');
   const [tagValue, setTagValue] = useState('');
 
   useEffect(() => {
@@ -120,7 +122,8 @@ export function DeviceProfileCard({ deviceId }: { deviceId: string }) {
             <select
               id={`model-${deviceId}`}
               value={profile.model_id ?? ''}
-              disabled={busy || models === null}
+              disabled={busy || models === null || !canEdit.allowed}
+              title={canEdit.reason || undefined}
               onChange={(event) => void apply({ model_id: event.target.value === '' ? null : event.target.value })}
             >
               <option value="">(no model)</option>
@@ -147,6 +150,7 @@ export function DeviceProfileCard({ deviceId }: { deviceId: string }) {
                     <code>
                       {key}:{value}
                     </code>
+                    {canEdit.allowed && (
                     <button
                       type="button"
                       className="tag-remove"
@@ -157,6 +161,7 @@ export function DeviceProfileCard({ deviceId }: { deviceId: string }) {
                     >
                       ×
                     </button>
+                    )}
                   </li>
                 ))}
               </ul>
@@ -164,6 +169,9 @@ export function DeviceProfileCard({ deviceId }: { deviceId: string }) {
           </dd>
         </div>
       </dl>
+      {!canEdit.allowed ? (
+        <p className="hint role-hint">{canEdit.reason} Only an admin changes a device&apos;s model and tags.</p>
+      ) : (
       <form className="tag-form" onSubmit={(event) => void addTag(event)} aria-label="Add tag">
         <label>
           Tag key{' '}
@@ -178,6 +186,7 @@ export function DeviceProfileCard({ deviceId }: { deviceId: string }) {
         </button>
         {keyProblem !== null && <span className="field-error">{keyProblem}</span>}
       </form>
+      )}
       {error !== null && (
         <div role="alert" className="alert alert--error">
           {error}

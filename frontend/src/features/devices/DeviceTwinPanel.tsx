@@ -1,6 +1,7 @@
 import { useCallback, useRef, useState } from 'react';
 import { LIVE_SAFETY_INTERVAL_MS, useLiveEvents } from '../../app/useLiveEvents';
 import { useRefresh } from '../../app/useRefresh';
+import { useCan } from '../../app/me';
 import {
   ApiError,
   getTwin,
@@ -51,6 +52,7 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
   const [savedVersion, setSavedVersion] = useState<number | null>(null);
   // Bumped on every write we make, so a poll that started before it cannot show older state.
   const generation = useRef(0);
+  const canWrite = useCan('write_desired');
 
   const loadTwin = useCallback(
     async (signal?: AbortSignal): Promise<Twin | null> => {
@@ -254,6 +256,8 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
         onTextChange={handleTextChange}
         onSave={(patch) => void save(patch)}
         saving={saving}
+        blockedReason={canWrite.allowed ? undefined : canWrite.reason}
+        readOnly={!canWrite.allowed}
         baseVersion={baseVersion}
         serverErrors={schemaError && <SchemaErrors detail={schemaError} />}
       />

@@ -160,7 +160,7 @@ describe('FleetPage', () => {
     expect(calls.find((call) => call.method === 'POST')?.body).toEqual({ filter: { sync_status: 'pending' }, desired: { mode: 'eco' } });
     expect(screen.queryByRole('dialog')).toBeNull();
     const progress = await screen.findByRole('region', { name: 'Bulk job progress' });
-    expect(await within(progress).findByRole('status', { name: 'Job status: done' })).toBeInTheDocument();
+    expect(await within(progress).findByRole('status', { name: 'Job status: applied' })).toBeInTheDocument();
     await waitFor(() => expect(progress.querySelector('[data-count="synced"]')).toHaveTextContent('3'));
     expect(progress.querySelector('[data-count="matched"]')).toHaveTextContent('3');
     await user.click(within(progress).getByRole('button', { name: 'Dismiss' }));

@@ -2,6 +2,7 @@ import { useCallback, useEffect, useRef, useState } from 'react';
 import { devicePath, Link, navigate } from '../../app/router';
 import { LIVE_SAFETY_INTERVAL_MS, useLiveEvents } from '../../app/useLiveEvents';
 import { useRefresh } from '../../app/useRefresh';
+import { useCan } from '../../app/me';
 import {
   ApiError,
   getFleetJob,
@@ -94,6 +95,8 @@ export function FleetPage({ pollIntervalMs = 3000, jobPollIntervalMs = 1000 }: F
   const [error, setError] = useState<string | null>(null);
   const [summary, setSummary] = useState<FleetSummary | null>(null);
   const [adding, setAdding] = useState(false);
+  const canBulk = useCan('run_bulk_jobs');
+  const canAdd = useCan('manage_devices');
   const [bulkOpen, setBulkOpen] = useState(false);
   const [jobId, setJobId] = useState<string | null>(null);
   // Once the server says it has no summary (404), stop asking.
@@ -218,10 +221,21 @@ export function FleetPage({ pollIntervalMs = 3000, jobPollIntervalMs = 1000 }: F
         <h1>Fleet</h1>
         <div className="page-actions">
           <LiveIndicator state={stream} />
-          <button type="button" onClick={() => setBulkOpen(true)} disabled={!tagCheck.ok}>
+          <button
+            type="button"
+            onClick={() => setBulkOpen(true)}
+            disabled={!tagCheck.ok || !canBulk.allowed}
+            title={canBulk.reason || undefined}
+          >
             Set desired for matching devices
           </button>
-          <button type="button" className="primary" onClick={() => setAdding(true)}>
+          <button
+            type="button"
+            className="primary"
+            onClick={() => setAdding(true)}
+            disabled={!canAdd.allowed}
+            title={canAdd.reason || undefined}
+          >
             Add device
           </button>
         </div>

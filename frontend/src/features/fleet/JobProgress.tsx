@@ -1,8 +1,19 @@
 import type { FleetJob } from '../../services/api/devices';
 
-const STATUS_TEXT: Record<FleetJob['status'], string> = {
-  running: 'running',
-  done: 'done',
+/**
+ * The job's state in words that keep "written" (the desired state is stored and on its way
+ * to the device) apart from "applied" (the device reported that version).
+ */
+export function jobPhase(job: FleetJob): 'writing' | 'written' | 'applied' | 'failed' {
+  if (job.status === 'running') return 'writing';
+  if (job.status === 'failed') return 'failed';
+  return job.synced >= job.written ? 'applied' : 'written';
+}
+
+const PHASE_TEXT: Record<ReturnType<typeof jobPhase>, string> = {
+  writing: 'writing',
+  written: 'written, not all applied',
+  applied: 'applied',
   failed: 'failed',
 };
 
@@ -33,18 +44,18 @@ interface JobProgressProps {
 
 /** A bulk desired job: status, and how many devices matched, were written and have synced. */
 export function JobProgress({ job, onDismiss }: JobProgressProps) {
-  const settled = jobSettled(job);
+  const phase = jobPhase(job);
   return (
     <section className={`job-progress job-progress--${job.status}`} aria-label="Bulk job progress">
       <div className="job-progress__head">
         <h2>
           Bulk desired job <code title={job.job_id}>{job.job_id.slice(0, 8)}</code>
         </h2>
-        <span className={`job-status job-status--${job.status}`} role="status" aria-label={`Job status: ${job.status}`}>
-          {STATUS_TEXT[job.status]}
+        <span className={`job-status job-status--${job.status}`} role="status" aria-label={`Job status: ${phase}`}>
+          {PHASE_TEXT[phase]}
         </span>
-        {onDismiss && settled && (
-          <button type="button" onClick={onDismiss}>
+        {onDismiss && phase !== 'writing' && (
+          <button type="button" onClick={onDismiss} title="Hide this card; the devices keep applying the patch">
             Dismiss
           </button>
         )}
@@ -55,11 +66,11 @@ export function JobProgress({ job, onDismiss }: JobProgressProps) {
           <dd data-count="matched">{job.matched}</dd>
         </div>
         <div>
-          <dt>Written</dt>
+          <dt title="the new desired state is stored and sent to the device">Written</dt>
           <dd data-count="written">{job.written}</dd>
         </div>
         <div>
-          <dt>Synced</dt>
+          <dt title="the device reported the new desired version">Applied</dt>
           <dd data-count="synced">{job.synced}</dd>
         </div>
         {(job.skipped ?? 0) > 0 && (
@@ -76,7 +87,7 @@ export function JobProgress({ job, onDismiss }: JobProgressProps) {
         )}
       </dl>
       <Meter label="Written" value={job.written} max={job.matched} />
-      <Meter label="Synced" value={job.synced} max={job.written} />
+      <Meter label="Applied" value={job.synced} max={job.written} />
       {job.desired && (
         <p className="hint">
           Patch <code>{JSON.stringify(job.desired)}</code>
@@ -89,7 +100,10 @@ export function JobProgress({ job, onDismiss }: JobProgressProps) {
         </div>
       )}
       {job.status === 'done' && job.synced < job.written && (
-        <p className="hint">All matching devices were written; waiting for {job.written - job.synced} to report the new version.</p>
+        <p className="hint">
+          Written to all {job.written} matching devices; {job.synced} of {job.written} applied so far, waiting for{' '}
+          {job.written - job.synced} to report the new version. You can dismiss this card: they keep applying it.
+        </p>
       )}
       {job.status === 'done' && job.matched === 0 && <p className="hint">No device matched the filter: nothing was written.</p>}
     </section>

@@ -50,25 +50,30 @@ describe('JobProgress', () => {
   it('shows status, matched / written / synced and progress bars while running', () => {
     render(<JobProgress job={job()} onDismiss={() => undefined} />);
     const region = screen.getByRole('region', { name: 'Bulk job progress' });
-    expect(within(region).getByRole('status', { name: 'Job status: running' })).toHaveTextContent('running');
+    expect(within(region).getByRole('status', { name: 'Job status: writing' })).toHaveTextContent('writing');
     expect(region.querySelector('[data-count="matched"]')).toHaveTextContent('10');
     expect(region.querySelector('[data-count="written"]')).toHaveTextContent('4');
     expect(region.querySelector('[data-count="synced"]')).toHaveTextContent('1');
     expect(within(region).getByRole('progressbar', { name: 'Written' })).toHaveAttribute('value', '4');
     expect(within(region).getByRole('progressbar', { name: 'Written' })).toHaveAttribute('max', '10');
-    expect(within(region).getByRole('progressbar', { name: 'Synced' })).toHaveAttribute('max', '4');
+    expect(within(region).getByRole('progressbar', { name: 'Applied' })).toHaveAttribute('max', '4');
     expect(region).toHaveTextContent('{"firmware":"2.1.0"}');
     // Nothing to dismiss while it runs.
     expect(within(region).queryByRole('button', { name: 'Dismiss' })).toBeNull();
     expect(jobSettled(job())).toBe(false);
   });
 
-  it('when done, says how many devices still have to report, then offers Dismiss', () => {
-    const { rerender } = render(<JobProgress job={job({ status: 'done', written: 10, synced: 7 })} onDismiss={() => undefined} />);
-    expect(screen.getByRole('status', { name: 'Job status: done' })).toBeInTheDocument();
-    expect(screen.getByText(/waiting for 3 to report/)).toBeInTheDocument();
-    expect(jobSettled(job({ status: 'done', written: 10, synced: 7 }))).toBe(false);
+  it('when written, separates written from applied and can be dismissed before every device applies', () => {
+    const { rerender } = render(<JobProgress job={job({ status: 'done', written: 3, synced: 0 })} onDismiss={() => undefined} />);
+    // Not "done" while 0 of 3 applied.
+    const status = screen.getByRole('status', { name: 'Job status: written' });
+    expect(status).toHaveTextContent('written, not all applied');
+    expect(status).not.toHaveTextContent('done');
+    expect(screen.getByText(/0 of 3 applied so far, waiting for 3 to report/)).toBeInTheDocument();
+    expect(screen.getByRole('button', { name: 'Dismiss' })).toBeInTheDocument();
+    expect(jobSettled(job({ status: 'done', written: 3, synced: 0 }))).toBe(false);
     rerender(<JobProgress job={job({ status: 'done', written: 10, synced: 10 })} onDismiss={() => undefined} />);
+    expect(screen.getByRole('status', { name: 'Job status: applied' })).toBeInTheDocument();
     expect(screen.getByRole('button', { name: 'Dismiss' })).toBeInTheDocument();
     expect(screen.queryByText(/waiting for/)).toBeNull();
   });
