@@ -1,8 +1,9 @@
-import { useCallback, useRef, useState } from 'react';
+import { Fragment, useCallback, useMemo, useRef, useState } from 'react';
 import { LIVE_SAFETY_INTERVAL_MS, useLiveEvents } from '../../app/useLiveEvents';
 import { useRefresh } from '../../app/useRefresh';
 import { ApiError, getHistory, type HistoryItem } from '../../services/api/devices';
-import { actorName, patchLines } from './historyDiff';
+import { actorName } from './historyDiff';
+import { changeText, leafChanges, type LeafChange } from './historyChanges';
 import { absoluteTime, relativeTime } from './relativeTime';
 
 const PAGE_SIZE = 20;
@@ -11,9 +12,9 @@ const isAbort = (error: unknown): boolean => error instanceof DOMException && er
 const messageOf = (error: unknown, fallback: string): string =>
   error instanceof ApiError ? error.message : error instanceof Error ? error.message : fallback;
 
-/** One history entry: when, who, which version, and the patch as +/- lines. */
-export function HistoryEntry({ item }: { item: HistoryItem }) {
-  const lines = patchLines(item.patch ?? {});
+/** One history entry: when, who, which version, and per leaf what it was and what it became. */
+export function HistoryEntry({ item, changes }: { item: HistoryItem; changes?: LeafChange[] }) {
+  const lines = changes ?? leafChanges([item]).get(item.id) ?? [];
   const who = actorName(item.actor);
   return (
     <li className={`history-entry history-entry--${item.kind}`} data-history-id={item.id}>
@@ -33,14 +34,56 @@ export function HistoryEntry({ item }: { item: HistoryItem }) {
       ) : (
         <pre className="history-diff" aria-label={`Changes in ${item.kind} version ${item.version}`}>
           {lines.map((line, index) => (
-            <span key={index} className={line.op === '+' ? 'diff-add' : 'diff-remove'}>
-              {line.op === '+' ? `+ ${line.path}: ${line.value ?? ''}` : `- ${line.path}`}
+            <span
+              key={index}
+              className={line.op === 'remove' ? 'diff-remove' : line.old !== undefined ? 'diff-change' : 'diff-add'}
+              title={line.oldKnown ? undefined : 'The value before is older than the history shown'}
+            >
+              {changeText(line)}
               {'\n'}
             </span>
           ))}
         </pre>
       )}
     </li>
+  );
+}
+
+type KindFilter = 'all' | 'desired' | 'reported';
+
+/** Runs of consecutive device reports, for collapsing telemetry noise. */
+function groupReports(items: HistoryItem[], collapse: boolean): (HistoryItem | HistoryItem[])[] {
+  if (!collapse) return items;
+  const groups: (HistoryItem | HistoryItem[])[] = [];
+  for (const item of items) {
+    const last = groups[groups.length - 1];
+    if (item.kind === 'reported' && Array.isArray(last)) last.push(item);
+    else if (item.kind === 'reported') groups.push([item]);
+    else groups.push(item);
+  }
+  // A single report is shown as it is.
+  return groups.map((group) => (Array.isArray(group) && group.length === 1 ? group[0]! : group));
+}
+
+function ReportGroup({ items, changes }: { items: HistoryItem[]; changes: Map<number, LeafChange[]> }) {
+  const [open, setOpen] = useState(false);
+  const newest = items[0]!;
+  const oldest = items[items.length - 1]!;
+  return (
+    <>
+      <li className="history-entry history-entry--reported history-group" data-history-group={items.length}>
+        <div className="history-meta">
+          <span className="history-kind history-kind--reported">reported</span>
+          <span>
+            <strong>{items.length} reports</strong> from the device, {absoluteTime(oldest.at)} to {absoluteTime(newest.at)}
+          </span>
+          <button type="button" onClick={() => setOpen((value) => !value)} aria-expanded={open}>
+            {open ? 'Collapse' : `Show ${items.length} reports`}
+          </button>
+        </div>
+      </li>
+      {open && items.map((item) => <HistoryEntry key={item.id} item={item} changes={changes.get(item.id)} />)}
+    </>
   );
 }
 
@@ -62,6 +105,17 @@ export function HistoryTimeline({ deviceId, pollIntervalMs = 3000, refreshToken 
   const [loadingMore, setLoadingMore] = useState(false);
   const itemsRef = useRef<HistoryItem[] | null>(null);
   itemsRef.current = items;
+  const [kind, setKind] = useState<KindFilter>('all');
+  const [actor, setActor] = useState('all');
+  const [collapse, setCollapse] = useState(true);
+  const changes = useMemo(() => leafChanges(items ?? []), [items]);
+  const actors = useMemo(
+    () => [...new Set((items ?? []).map((item) => actorName(item.actor)))].sort((a, b) => (a === 'device' ? -1 : b === 'device' ? 1 : a.localeCompare(b))),
+    [items],
+  );
+  const shown = (items ?? []).filter(
+    (item) => (kind === 'all' || item.kind === kind) && (actor === 'all' || actorName(item.actor) === actor),
+  );
 
   const loadNewest = useCallback(
     async (signal: AbortSignal) => {
@@ -122,15 +176,50 @@ export function HistoryTimeline({ deviceId, pollIntervalMs = 3000, refreshToken 
           {error}
         </div>
       )}
+      {items !== null && items.length > 0 && (
+        <form className="history-filters" aria-label="Filter history" onSubmit={(event) => event.preventDefault()}>
+          <label>
+            Kind{' '}
+            <select value={kind} onChange={(event) => setKind(event.target.value as KindFilter)}>
+              <option value="all">all</option>
+              <option value="desired">desired writes</option>
+              <option value="reported">device reports</option>
+            </select>
+          </label>
+          <label>
+            Actor{' '}
+            <select value={actor} onChange={(event) => setActor(event.target.value)}>
+              <option value="all">anyone</option>
+              {actors.map((name) => (
+                <option key={name} value={name}>
+                  {name}
+                </option>
+              ))}
+            </select>
+          </label>
+          <label>
+            <input type="checkbox" checked={collapse} onChange={(event) => setCollapse(event.target.checked)} /> Collapse runs of
+            reports
+          </label>
+        </form>
+      )}
       {items === null ? (
         error === null && <p className="hint">Loading history…</p>
       ) : items.length === 0 ? (
         <p className="hint">No changes yet. Desired writes and device reports will appear here.</p>
+      ) : shown.length === 0 ? (
+        <p className="hint">No loaded entry matches these filters{next !== null ? '; "Load more" reads older ones' : ''}.</p>
       ) : (
         <ol className="history-list" aria-label="Twin history, newest first">
-          {items.map((item) => (
-            <HistoryEntry key={item.id} item={item} />
-          ))}
+          {groupReports(shown, collapse).map((group) =>
+            Array.isArray(group) ? (
+              <Fragment key={`group-${group[0]!.id}`}>
+                <ReportGroup items={group} changes={changes} />
+              </Fragment>
+            ) : (
+              <HistoryEntry key={group.id} item={group} changes={changes.get(group.id)} />
+            ),
+          )}
         </ol>
       )}
       {moreError !== null && (
