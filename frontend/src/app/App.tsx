@@ -3,6 +3,7 @@ import { clearToken } from '../services/api/devices';
 import { SignInPage } from '../features/auth/SignInPage';
 import { DevicePage } from '../features/devices/DevicePage';
 import { FleetPage } from '../features/devices/FleetPage';
+import { ModelsPage } from '../features/models/ModelsPage';
 import { useSignedIn } from './auth';
 import { WhoAmI } from '../features/auth/WhoAmI';
 import { MeProvider, useMeLoader } from './me';
@@ -42,7 +43,7 @@ export function App() {
           IoT Cloud <span className="brand-sub">device twins</span>
         </Link>
         <nav aria-label="Main">
-          <Link to="/">Fleet</Link>
+          <Link to="/">Fleet</Link> <Link to="/models">Models</Link>
         </nav>
         <WhoAmI me={me} />
         <button type="button" className="signout" onClick={() => clearToken()}>
@@ -52,6 +53,7 @@ export function App() {
       <ErrorBoundary key={pathname}>
         {route.name === 'fleet' && <FleetPage />}
         {route.name === 'device' && <DevicePage deviceId={route.deviceId} />}
+        {route.name === 'models' && <ModelsPage />}
         {route.name === 'not-found' && (
           <main className="page">
             <h1>Page not found</h1>

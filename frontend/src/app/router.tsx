@@ -33,11 +33,12 @@ export function useLocation(): { pathname: string; search: string } {
     : { pathname: location.slice(0, index), search: location.slice(index) };
 }
 
-export type Route = { name: 'fleet' } | { name: 'device'; deviceId: string } | { name: 'signin' } | { name: 'not-found' };
+export type Route = { name: 'fleet' } | { name: 'models' } | { name: 'device'; deviceId: string } | { name: 'signin' } | { name: 'not-found' };
 
 export function matchRoute(pathname: string): Route {
   if (pathname === '/' || pathname === '') return { name: 'fleet' };
   if (pathname === '/signin') return { name: 'signin' };
+  if (pathname === '/models') return { name: 'models' };
   const device = /^\/devices\/([^/]+)\/?$/.exec(pathname);
   if (device?.[1]) {
     try {
