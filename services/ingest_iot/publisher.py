@@ -29,6 +29,7 @@ from shared import db
 from shared.aio import wait_event, within
 from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, MqttTarget, backoff_delays
 from shared.repositories import delivery
+from shared.services import fleet_history
 from shared.topics import DELIVERY_MARKER_TOPIC, desired_topic
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,10 @@ class DesiredPublisher:
                 tasks.create_task(
                     presence.keep_connected_seen(self._pool, stale_after=self._stale_after),
                     name="presence-refresh",
+                )
+                tasks.create_task(
+                    fleet_history.keep_sampling(self._pool, stale_after=self._stale_after),
+                    name="fleet-count-samples",
                 )
                 await self._serve(conn)
         finally:

@@ -27,6 +27,7 @@ from shared.web import (
 from ui_iot.routes import auth, devices, me, models
 from ui_iot.routes import events as event_routes
 from ui_iot.routes import fleet as fleet_routes
+from ui_iot.routes import fleet_history as fleet_history_routes
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "dist"
 _API_PREFIXES = (
@@ -98,6 +99,7 @@ def create_app(settings: Settings, *, console_dir: Path = CONSOLE_DIR) -> FastAP
     app.include_router(me.router)
     app.include_router(devices.router)
     app.include_router(fleet_routes.router)
+    app.include_router(fleet_history_routes.router)
     app.include_router(event_routes.router)
     app.include_router(models.router)
     _serve_console(app, console_dir)
