@@ -62,7 +62,10 @@ function defineTests() {
   });
   after(async () => browser?.close());
 
-  test('/docs and /redoc render the operations with the network blocked', { timeout: 90_000 }, async () => {
+  const only = env.E2E_ONLY;
+  const maybe = (name) => (only && only !== name ? test.skip : test);
+
+  maybe('main')('/docs and /redoc render the operations with the network blocked', { timeout: 90_000 }, async () => {
     const { page, context, errors } = await offlinePage(browser);
     try {
       await page.goto(env.E2E_BASE_URL + '/docs');
@@ -79,7 +82,7 @@ function defineTests() {
   });
 
   for (const role of ['admin', 'operator', 'viewer']) {
-    test(`the console shows a ${role} who they are and only what they may use`, { timeout: 90_000 }, async () => {
+    maybe('main')(`the console shows a ${role} who they are and only what they may use`, { timeout: 90_000 }, async () => {
       const email = env[`E2E_${role.toUpperCase()}`];
       const { page, context, blocked } = await offlinePage(browser);
       try {
@@ -122,7 +125,7 @@ function defineTests() {
     });
   }
 
-  test('a 375 px screen has no horizontal overflow on the fleet and device pages', { timeout: 60_000 }, async () => {
+  maybe('main')('a 375 px screen has no horizontal overflow on the fleet and device pages', { timeout: 60_000 }, async () => {
     const { page, context } = await offlinePage(browser, { width: 375, height: 740 });
     try {
       await signIn(page, env.E2E_ADMIN);
@@ -138,7 +141,7 @@ function defineTests() {
     }
   });
 
-  test('an unknown device page says so, offers no actions and stops asking', { timeout: 60_000 }, async () => {
+  maybe('main')('an unknown device page says so, offers no actions and stops asking', { timeout: 60_000 }, async () => {
     const { page, context } = await offlinePage(browser);
     try {
       await signIn(page, env.E2E_ADMIN);
@@ -159,7 +162,7 @@ function defineTests() {
   });
 
   if (env.E2E_CHARTS === '1') {
-    test('the fleet and device charts render with data', { timeout: 60_000 }, async () => {
+    maybe('charts')('the fleet and device charts render with data', { timeout: 60_000 }, async () => {
       const { page, context } = await offlinePage(browser);
       try {
         await signIn(page, env.E2E_ADMIN);

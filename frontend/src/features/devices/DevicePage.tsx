@@ -6,6 +6,7 @@ import { DevicePresence } from './DevicePresence';
 import { DeviceProfileCard } from './DeviceProfileCard';
 import { DeviceTwinPanel } from './DeviceTwinPanel';
 import { HistoryTimeline } from './HistoryTimeline';
+import { DeviceValuesChart } from '../charts/DeviceValuesChart';
 
 export function DevicePage({ deviceId }: { deviceId: string }) {
   const [confirming, setConfirming] = useState(false);
@@ -100,6 +101,7 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
       )}
       <DeviceProfileCard key={`profile-${deviceId}`} deviceId={deviceId} />
       <DeviceTwinPanel key={deviceId} deviceId={deviceId} onSaved={() => setSaves((count) => count + 1)} />
+      <DeviceValuesChart key={`chart-${deviceId}`} deviceId={deviceId} refreshToken={saves} />
       <HistoryTimeline key={`history-${deviceId}`} deviceId={deviceId} refreshToken={saves} />
     </main>
   );

@@ -19,6 +19,7 @@ import {
 import type { LiveEvent } from '../../services/api/events';
 import { BulkDesiredDialog } from '../fleet/BulkDesiredDialog';
 import { FleetSummaryBar } from '../fleet/FleetSummaryBar';
+import { FleetHistoryChart } from '../charts/FleetHistoryChart';
 import { JobProgress, jobSettled } from '../fleet/JobProgress';
 import { LiveIndicator } from './LiveIndicator';
 import { AddDeviceDialog } from './AddDeviceDialog';
@@ -242,6 +243,7 @@ export function FleetPage({ pollIntervalMs = 3000, jobPollIntervalMs = 1000 }: F
       </div>
 
       {summary !== null && <FleetSummaryBar summary={summary} onPick={(status) => setStatusFilter(status)} />}
+      <FleetHistoryChart />
 
       {jobId !== null && job === null && jobError === null && <p className="hint">Starting bulk job…</p>}
       {jobError !== null && (
