@@ -9,7 +9,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import uvloop
@@ -491,8 +491,15 @@ TENANT_HELP = "tenant id (lower-case letters, digits and '-')"
 DEVICE_HELP = "device id (letters, digits, '.', '_', ':' or '-'; it is the device's MQTT login)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too, pointing at the command's --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"iotcloud: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iotcloud",
         description=DESCRIPTION,
         epilog="examples:\n"

@@ -119,3 +119,13 @@ def test_user_create_without_a_password_source_is_refused(database_url: str) -> 
         run(env, "user", "create", "--tenant", "acme", "--email", "a@acme.test", stdin="")
     )
     assert "--password-stdin" in line
+
+
+def test_usage_errors_are_one_line_naming_the_help() -> None:
+    for args, expected in (
+        (("device", "list"), "the following arguments are required: --tenant"),
+        (("device", "lst"), "invalid choice: 'lst'"),
+        (("status", "--bogus"), "unrecognized arguments: --bogus"),
+    ):
+        line = one_line(run(dict(os.environ), *args))
+        assert expected in line and "--help)" in line, line

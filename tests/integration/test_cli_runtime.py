@@ -145,3 +145,26 @@ async def test_up_logs_to_files_down_stops_it_and_the_broker_is_not_root(
     assert up.process.wait(30) == 0
     assert json.loads(run(env, "status", "--json").stdout)["up"]["running"] is False
     assert run(env, "down").stdout.strip() == "nothing was running"
+
+
+async def test_up_verbose_shows_the_logs_and_still_writes_them(
+    tmp_path: Path,
+    database_url: str,
+    stop_after: list[Up],  # noqa: F811 - the fixture
+) -> None:
+    up = start_up(tmp_path, database_url, IOTCLOUD_LOG_LEVEL="info", IOTCLOUD_UP_ARGS="--verbose")
+    stop_after.append(up)
+    await eventually(up.ready, timeout=60, interval=0.3)
+
+    async def logged() -> bool:
+        return "ui_iot: " in up.log.read_text() and (up.home / "logs" / "ui_iot.log").exists()
+
+    await eventually(logged, timeout=20, interval=0.3)
+    screen = up.log.read_text()
+    assert "iotcloud is running:" in screen
+    in_file = (up.home / "logs" / "ui_iot.log").read_text()
+    # The same lines, on screen with the child's name in front.
+    shown = [
+        line.removeprefix("ui_iot: ") for line in screen.splitlines() if line.startswith("ui_iot: ")
+    ]
+    assert shown and all(line in in_file for line in shown[:3])

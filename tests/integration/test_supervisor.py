@@ -97,7 +97,7 @@ def start_up(
     }
     with up.log.open("ab") as log:
         up.process = subprocess.Popen(
-            [sys.executable, "-m", "iotcloud.cli", "up"],
+            [sys.executable, "-m", "iotcloud.cli", "up", *env.get("IOTCLOUD_UP_ARGS", "").split()],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
