@@ -82,7 +82,8 @@ def cmd_down(args: argparse.Namespace) -> None:
         with contextlib.suppress(OSError):
             pid_file().unlink()
         stopped.append(f"iotcloud up (pid {pid}) with its broker and services")
-    if not args.keep_database:
+    # With DATABASE_URL set, up used that database and started no embedded one.
+    if not args.keep_database and not os.environ.get("DATABASE_URL"):
         server = cli.embedded_postgres()
         if server.running():
             server.stop()
