@@ -27,6 +27,8 @@ interface DeviceTwinPanelProps {
   pollIntervalMs?: number;
   /** Called after every accepted desired write (the history timeline refreshes). */
   onSaved?: () => void;
+  /** Called when the device turns out not to exist (deleted meanwhile, or never was). */
+  onMissing?: () => void;
 }
 
 const isAbort = (error: unknown): boolean => error instanceof DOMException && error.name === 'AbortError';
@@ -39,7 +41,7 @@ function describeLoadError(error: unknown): string {
 }
 
 /** Desired, reported and delta side by side, with an editor for desired merge patches. */
-export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: DeviceTwinPanelProps) {
+export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved, onMissing }: DeviceTwinPanelProps) {
   const [twin, setTwin] = useState<Twin | null>(null);
   const [loadError, setLoadError] = useState<unknown>(null);
   const [editorText, setEditorText] = useState('');
@@ -65,10 +67,11 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved }: De
         return fresh;
       } catch (error) {
         if (!isAbort(error)) setLoadError(error);
+        if (error instanceof ApiError && error.status === 404) onMissing?.();
         return null;
       }
     },
-    [deviceId],
+    [deviceId, onMissing],
   );
 
   const stream = useLiveEvents((event) => {
