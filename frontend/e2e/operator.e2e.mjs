@@ -103,6 +103,7 @@ function defineTests() {
 
         await page.goto(`${env.E2E_BASE_URL}/devices/${encodeURIComponent(env.E2E_DEVICE)}`);
         await page.getByRole('heading', { name: 'Twin' }).waitFor();
+        await page.getByLabel('Signed in as').getByText(role, { exact: true }).waitFor(); // the role is known
         const remove = page.getByRole('button', { name: 'Delete device' });
         assert.equal(await remove.isEnabled(), role === 'admin', 'Delete device');
         const save = page.getByRole('button', { name: 'Save desired' });
@@ -156,6 +157,54 @@ function defineTests() {
       const settled = asked.length;
       await sleep(7000); // more than two polling intervals
       assert.equal(asked.length, settled, `kept polling: ${asked.slice(settled).join(', ')}`);
+    } finally {
+      await context.close();
+    }
+  });
+
+  maybe('main')('models: create, assign, and a breaking change names the device; history shows old → new', { timeout: 90_000 }, async () => {
+    const { page, context } = await offlinePage(browser);
+    try {
+      await signIn(page, env.E2E_ADMIN);
+      await page.getByRole('link', { name: 'Models' }).click();
+      await page.getByRole('heading', { name: 'Device models', level: 1 }).waitFor();
+      await page.getByRole('button', { name: 'New model' }).click();
+      const editor = page.getByRole('region', { name: 'New model' });
+      await editor.getByLabel('Model id').fill('e2e-lamp');
+      await editor.getByLabel('Desired schema (JSON Schema)').fill('{"type": "object", "properties": {"led": {"enum": ["red", "green"]}}');
+      await editor.getByText('The desired schema is not valid JSON').waitFor();
+      await editor.getByLabel('Desired schema (JSON Schema)').fill('{"type": "object", "properties": {"led": {"enum": ["red", "green"]}}}');
+      await editor.getByRole('button', { name: 'Create model' }).click();
+      const model = page.getByRole('region', { name: 'Model e2e-lamp', exact: true });
+      await model.waitFor();
+      const devices = page.getByRole('region', { name: 'Devices of model e2e-lamp' });
+      await devices.getByLabel(/Assign to devices/).fill(env.E2E_DEVICE);
+      await devices.getByRole('button', { name: 'Assign model' }).click();
+      await devices.getByRole('list', { name: 'Assignment results' }).getByText(`${env.E2E_DEVICE}: assigned`).waitFor();
+
+      // Two desired writes: the history shows the second as old → new.
+      await page.goto(`${env.E2E_BASE_URL}/devices/${encodeURIComponent(env.E2E_DEVICE)}`);
+      const patch = page.getByLabel('Desired patch (JSON merge patch)');
+      for (const led of ['red', 'green']) {
+        await patch.fill(`{"led": "${led}"}`);
+        await page.getByRole('button', { name: 'Save desired' }).click();
+        await page.getByText(/Saved as desired version/).waitFor();
+      }
+      const history = page.getByRole('list', { name: 'Twin history, newest first' });
+      await history.getByText('~ led: "red" → "green"').waitFor();
+      await page.getByLabel('Kind').selectOption('reported');
+      await page.getByText(/No loaded entry matches these filters/).waitFor();
+      await page.getByLabel('Kind').selectOption('desired');
+      await history.getByText('~ led: "red" → "green"').waitFor();
+
+      // A schema the device's desired state breaks is refused, naming the device.
+      await page.getByRole('link', { name: 'Models' }).click();
+      await page.getByRole('button', { name: 'e2e-lamp' }).click();
+      const again = page.getByRole('region', { name: 'Model e2e-lamp', exact: true });
+      await again.getByLabel('Desired schema (JSON Schema)').fill('{"type": "object", "properties": {"led": {"enum": ["blue"]}}}');
+      await again.getByRole('button', { name: 'Save schema' }).click();
+      const broken = again.getByRole('list', { name: 'Devices that break the schema' });
+      await broken.getByRole('link', { name: env.E2E_DEVICE }).waitFor();
     } finally {
       await context.close();
     }

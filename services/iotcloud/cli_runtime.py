@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -67,6 +68,20 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def _address(url: str, default_port: int) -> str:
+    """host:port of a URL, without credentials."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname or 'localhost'}:{parts.port or default_port}"
+    except ValueError:
+        return "?"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    host, _, port = _address(url, default_port).rpartition(":")
+    return port.isdigit() and listening(int(port), host)
+
+
 def cmd_down(args: argparse.Namespace) -> None:
     from iotcloud import cli
 
@@ -82,7 +97,8 @@ def cmd_down(args: argparse.Namespace) -> None:
         with contextlib.suppress(OSError):
             pid_file().unlink()
         stopped.append(f"iotcloud up (pid {pid}) with its broker and services")
-    if not args.keep_database:
+    # With DATABASE_URL set, up used that database and started no embedded one.
+    if not args.keep_database and not os.environ.get("DATABASE_URL"):
         server = cli.embedded_postgres()
         if server.running():
             server.stop()
@@ -98,7 +114,12 @@ def status() -> dict[str, Any]:
     ui_port, ingest_port = env_port("UI_PORT", 8000), env_port("INGEST_PORT", 8001)
     report: dict[str, Any] = {"up": {"running": up_pid is not None, "pid": up_pid}}
     if os.environ.get("DATABASE_URL"):
-        report["database"] = {"source": "DATABASE_URL", "embedded": False}
+        report["database"] = {
+            "source": "DATABASE_URL",
+            "embedded": False,
+            "address": _address(os.environ["DATABASE_URL"], 5432),
+            "reachable": _reachable(os.environ["DATABASE_URL"], 5432),
+        }
     else:
         server = cli.embedded_postgres()
         running = server.running()
@@ -110,7 +131,11 @@ def status() -> dict[str, Any]:
             "data": str(server.data),
         }
     if os.environ.get("MQTT_URL"):
-        report["broker"] = {"source": "MQTT_URL", "address": cli.mqtt_display()}
+        report["broker"] = {
+            "source": "MQTT_URL",
+            "address": cli.mqtt_display(),
+            "listening": _reachable(os.environ["MQTT_URL"], 1883),
+        }
     else:
         broker = cli.embedded_broker()
         report["broker"] = {
@@ -146,12 +171,14 @@ def cmd_status(args: argparse.Namespace) -> None:
         where = database["url"] or database["data"]
         print(f"PostgreSQL       {_yes(database['running'])}, embedded: {where}")
     else:
-        print("PostgreSQL       from DATABASE_URL")
+        state = "reachable" if database["reachable"] else "not reachable"
+        print(f"PostgreSQL       {state}, DATABASE_URL: {database['address']}")
     broker = report["broker"]
     if broker["source"] == "embedded":
         print(f"MQTT broker      {_yes(broker['listening'])}, embedded: {broker['address']}")
     else:
-        print(f"MQTT broker      from MQTT_URL: {broker['address']}")
+        state = "reachable" if broker["listening"] else "not reachable"
+        print(f"MQTT broker      {state}, MQTT_URL: {broker['address']}")
     for name in ("ui_iot", "ingest_iot"):
         part = report[name]
         print(f"{name:<17}{_yes(part['listening'])}: {part['url']}")

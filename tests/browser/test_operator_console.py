@@ -69,7 +69,7 @@ async def test_docs_offline_roles_phone_and_unknown_device(
     database_url: str,
 ) -> None:
     emails = await seed(database_url)
-    run_e2e(services["ui"], emails, passed=6)
+    run_e2e(services["ui"], emails, passed=7)
 
 
 async def test_the_charts_render_with_data(

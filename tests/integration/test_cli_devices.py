@@ -153,3 +153,42 @@ def _parser_at(parser, path):  # type: ignore[no-untyped-def]
         sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
         parser = sub.choices[name]
     return parser
+
+
+def test_password_prompt_on_a_terminal(database_url: str) -> None:
+    """No --password and stdin a terminal: asked twice, never echoed."""
+    import pty
+    import select
+    import time
+
+    env = {**os.environ, "DATABASE_URL": database_url}
+    assert run(env, "tenant", "create", "acme").returncode == 0
+    argv = [sys.executable, "-m", "iotcloud.cli", "user", "create", "--tenant", "acme"]
+    argv += ["--email", "tty@acme.test", "--role", "operator"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command on the terminal
+        os.chdir(ROOT)
+        os.execve(sys.executable, argv, env)  # noqa: S606 - our own CLI, argv fixed
+    seen = b""
+    deadline = time.monotonic() + 60
+    answered = 0
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+        prompts = seen.count(b"password: ") + seen.count(b"again: ")
+        while answered < min(prompts, 2):
+            os.write(fd, b"a-long-password\n")
+            answered += 1
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert answered == 2 and '"role":"operator"' in text.replace(" ", "")
+    assert "a-long-password" not in text  # not echoed

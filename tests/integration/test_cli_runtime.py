@@ -121,6 +121,11 @@ async def test_up_logs_to_files_down_stops_it_and_the_broker_is_not_root(
     assert status["up"] == {"running": True, "pid": up.process.pid}
     assert status["ui_iot"]["listening"] and status["ingest_iot"]["listening"]
     assert status["broker"]["listening"]
+    assert status["database"]["source"] == "DATABASE_URL" and status["database"]["reachable"]
+    # Where, never with what credentials.
+    secret = run({**env, "DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/x"}, "status")
+    assert "not reachable, DATABASE_URL: 127.0.0.1:1" in secret.stdout
+    assert "hunter2" not in secret.stdout
 
     # The children log to files; the screen ends with the banner.
     screen = up.log.read_text().strip().splitlines()

@@ -37,6 +37,19 @@ describe('App', () => {
     expect(screen.queryByRole('button', { name: 'Delete device' })).toBeNull();
   });
 
+  it('turns the device page into "no such device" when the device is deleted while open', async () => {
+    signIn();
+    window.history.replaceState(null, '', '/devices/dev-2');
+    mockFetch((call) => {
+      if (call.url === '/customer/devices/dev-2') return json(200, { device_id: 'dev-2', name: 'x', tags: {}, model_id: null });
+      if (call.url.startsWith('/customer/devices/dev-2/twin')) return json(404, { detail: "device 'dev-2' not found" });
+      return json(404, {});
+    });
+    render(<App />);
+    expect(await screen.findByText(/in your tenant: it was never created, it was deleted/)).toBeInTheDocument();
+    expect(screen.queryByRole('button', { name: 'Delete device' })).toBeNull();
+  });
+
   it('shows who is signed in and disables what the role may not do, with the reason', async () => {
     signIn();
     mockFetch((call) => {

@@ -1,8 +1,8 @@
 import type { Me } from '../../services/api/me';
 
 /** The header's "who is signed in": e-mail, tenant and role. */
-export function WhoAmI({ me }: { me: Me | null }) {
-  if (me === null) return null;
+export function WhoAmI({ me }: { me: Me | null | undefined }) {
+  if (!me) return null;
   return (
     <div className="whoami" aria-label="Signed in as">
       <span className="whoami-email" title={me.email}>

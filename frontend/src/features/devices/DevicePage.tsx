@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'react';
+import { useCallback, useEffect, useState } from 'react';
 import { Link, navigate } from '../../app/router';
 import { useCan } from '../../app/me';
 import { ApiError, deleteDevice, getDevice } from '../../services/api/devices';
@@ -13,11 +13,13 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
   const canDelete = useCan('manage_devices');
   // An unknown id (or another tenant's): say so once, and neither poll nor offer actions.
   const [missing, setMissing] = useState(false);
+  // Also when it is deleted while the page is open (the twin's next read is a 404).
+  const markMissing = useCallback(() => setMissing(true), []);
   useEffect(() => {
     const controller = new AbortController();
     setMissing(false);
     getDevice(deviceId, controller.signal)
-      .then(() => setMissing(false))
+      .then(() => undefined)
       .catch((caught: unknown) => {
         if (caught instanceof ApiError && caught.status === 404) setMissing(true);
       });
@@ -96,7 +98,7 @@ export function DevicePage({ deviceId }: { deviceId: string }) {
         </div>
       )}
       <DeviceProfileCard key={`profile-${deviceId}`} deviceId={deviceId} />
-      <ShadowTabs key={`shadows-${deviceId}`} deviceId={deviceId} />
+      <ShadowTabs key={`shadows-${deviceId}`} deviceId={deviceId} onMissing={markMissing} />
     </main>
   );
 }

@@ -29,6 +29,8 @@ interface DeviceTwinPanelProps {
   onSaved?: () => void;
   /** A named shadow (SPEC §9); absent for the classic shadow. */
   shadow?: string;
+  /** Called when the device turns out not to exist (deleted meanwhile, or never was). */
+  onMissing?: () => void;
 }
 
 const isAbort = (error: unknown): boolean => error instanceof DOMException && error.name === 'AbortError';
@@ -41,7 +43,7 @@ function describeLoadError(error: unknown): string {
 }
 
 /** Desired, reported and delta side by side, with an editor for desired merge patches. */
-export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved, shadow }: DeviceTwinPanelProps) {
+export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved, shadow, onMissing }: DeviceTwinPanelProps) {
   const [twin, setTwin] = useState<Twin | null>(null);
   const [loadError, setLoadError] = useState<unknown>(null);
   const [editorText, setEditorText] = useState('');
@@ -67,10 +69,11 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved, shad
         return fresh;
       } catch (error) {
         if (!isAbort(error)) setLoadError(error);
+        if (error instanceof ApiError && error.status === 404) onMissing?.();
         return null;
       }
     },
-    [deviceId, shadow],
+    [deviceId, shadow, onMissing],
   );
 
   const stream = useLiveEvents((event) => {

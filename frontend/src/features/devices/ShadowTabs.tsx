@@ -9,6 +9,8 @@ interface ShadowTabsProps {
   deviceId: string;
   /** How often to re-read the list of named shadows (a device may create one any time). */
   pollIntervalMs?: number;
+  /** Called when the device turns out not to exist (deleted meanwhile, or never was). */
+  onMissing?: () => void;
 }
 
 const CLASSIC = '';
@@ -17,7 +19,7 @@ const CLASSIC = '';
  * A tab per shadow (SPEC §9): the classic shadow first, then the named ones by name; each tab
  * shows that shadow's live view, desired editor and history.
  */
-export function ShadowTabs({ deviceId, pollIntervalMs = 10000 }: ShadowTabsProps) {
+export function ShadowTabs({ deviceId, pollIntervalMs = 10000, onMissing }: ShadowTabsProps) {
   const [names, setNames] = useState<string[]>([]);
   const [selected, setSelected] = useState(CLASSIC);
   // Bumped after each accepted save so the timeline re-reads at once, stream or not.
@@ -66,6 +68,7 @@ export function ShadowTabs({ deviceId, pollIntervalMs = 10000 }: ShadowTabsProps
           deviceId={deviceId}
           shadow={shadow}
           onSaved={() => setSaves((count) => count + 1)}
+          onMissing={shadow === undefined ? onMissing : undefined}
         />
         {current === CLASSIC && (
           <DeviceValuesChart key={`chart-${deviceId}`} deviceId={deviceId} refreshToken={saves} />
