@@ -47,6 +47,7 @@ IMAGES = {
 NAMED = ("iot-postgres", "iot-mosquitto", "ui_iot")
 TENANT, ADMIN = "acme", "admin@acme.example"
 DEVICE = "boiler-1"
+TLS_NAME = "mqtt.deploytest.example"
 INGEST = (f"{PROJECT}_ingest_iot_1", f"{PROJECT}_ingest_iot_2")
 STARTED = time.monotonic()
 
@@ -267,6 +268,7 @@ class Deployment:
             "IOT_INGEST_BIND=127.0.0.1",
             "IOT_MQTTS_BIND=127.0.0.1",
             f"IOT_INGEST_REPLICAS={len(INGEST)}",
+            f"IOTCLOUD_TLS_NAMES={TLS_NAME},192.0.2.7",
         ]
         self.env_file.write_text("\n".join(lines) + "\n")
         self.compose("up", "-d")
@@ -443,9 +445,42 @@ class Deployment:
             check=False,
         )
         assert wrong.returncode != 0, "the broker took a wrong token"
+        # Another device's topics: the broker denies the subscription (tenant isolation).
+        foreign = run(
+            [
+                "mosquitto_sub",
+                *base,
+                *login,
+                "-t",
+                f"tenant/{TENANT}/device/other/shadow/desired",
+                "-t",
+                f"tenant/other-tenant/device/{DEVICE}/shadow/desired",
+                "-C",
+                "1",
+                "-W",
+                "5",
+            ],
+            env=self.env,
+            check=False,
+        )
+        # (mosquitto_sub exits 0 then, saying so; no message may arrive)
+        assert "All subscription requests were denied" in foreign.stderr, foreign
+        assert foreign.stdout == "", foreign
+        names = self.podman(
+            "exec",
+            "iot-mosquitto",
+            "openssl",
+            "x509",
+            "-in",
+            "/tls/server.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        )
+        assert f"DNS:{TLS_NAME}" in names and "IP Address:192.0.2.7" in names, names
         log(
-            "TLS device: retained desired v2 received, report v2 applied; anonymous and a "
-            "wrong token refused"
+            "TLS device: retained desired v2 received, report v2 applied; anonymous, a wrong "
+            "token and other devices' topics refused; IOTCLOUD_TLS_NAMES in the certificate"
         )
 
     def logs_clean(self) -> None:
