@@ -2,9 +2,10 @@
 
 Builds the three images (from a local Debian base when no registry is reachable), brings the
 compose file up under its own project name and network, runs the seed's acceptance steps 1-8
-(/work/shared/seed or SEED_SCRIPT) as the seed writes them, with `docker` being Podman (a shim
-first on PATH), connects a device over TLS from this host with the deployment's CA, backs the
-database up with deploy/backup.sh and restores it into a fresh iot-postgres, checks the
+(../shared/seed beside the checkout, else the copy in tests/deploy) as the seed writes them,
+with `docker` being Podman (a shim first on PATH), connects a device over TLS from this host
+with the deployment's CA, backs the database up with deploy/backup.sh and restores it into a
+fresh iot-postgres, checks the
 start-up errors (one line, non-zero exit), and tears everything down: no container, volume
 or network of the project is left. The images stay in Podman's store as the next run's cache.
 
@@ -34,8 +35,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+SEED_NAME = "phase-107-verify-device-twin.md"
+# The user's script where it lives beside the checkout (../shared/seed), else the verbatim
+# copy kept here for a clean clone elsewhere; SEED_SCRIPT names another.
 SEED = Path(
-    os.environ.get("SEED_SCRIPT", "/work/shared/seed/phase-107-verify-device-twin.md")
+    os.environ.get("SEED_SCRIPT")
+    or next(
+        (
+            str(candidate)
+            for candidate in (ROOT.parent / "shared" / "seed" / SEED_NAME,)
+            if candidate.exists()
+        ),
+        str(Path(__file__).with_name(SEED_NAME)),
+    )
 ).resolve()
 PROJECT = os.environ.get("DEPLOY_TEST_PROJECT", "iotcloud-deploytest")
 TAG = os.environ.get("DEPLOY_TEST_TAG", "deploytest")
@@ -908,6 +920,7 @@ def main() -> int:
         deployment = Deployment(Path(tmp))
         ok = False
         try:
+            log(f"seed script {SEED}")
             deployment.teardown()  # what an interrupted earlier run left
             deployment.build()
             deployment.up()
