@@ -299,6 +299,14 @@ class Deployment:
         output = self.podman("logs", bootstrap)
         if status != "0" or "admin" not in output:
             raise Failed(f"bootstrap exited {status}: {output}")
+        # The console: its page and the script it loads, from the image's frontend/dist.
+        base_url = f"http://127.0.0.1:{self.ports['IOT_UI_PORT']}"
+        with urllib.request.urlopen(f"{base_url}/", timeout=10) as response:  # noqa: S310
+            page = response.read().decode()
+        assert "<title>IoT Cloud console</title>" in page, page[:300]
+        script = re.search(r'src="(/assets/[^"]+\.js)"', page)
+        assert script, page[:300]
+        assert http_ok(base_url + script.group(1)), script.group(1)
         log(f"compose up: console, device API ready; {output.strip()}")
         migrated = self.compose("run", "--rm", "bootstrap", "iotcloud-start", "migrate")
         assert "applied 0 migration(s)" in migrated, migrated
