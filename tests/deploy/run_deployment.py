@@ -249,6 +249,11 @@ class Deployment:
                 "PIP_CERT=/run/host-ca.crt",
             ]
         for variable, (tag, containerfile) in IMAGES.items():
+            before = run(
+                ["podman", "image", "inspect", "--format", "{{.Id}}", tag],
+                env=self.env,
+                check=False,
+            ).stdout.strip()
             self.podman(
                 "build",
                 *trust,
@@ -264,6 +269,10 @@ class Deployment:
                 ".",
                 timeout=900,
             )
+            after = self.podman("image", "inspect", "--format", "{{.Id}}", tag).strip()
+            if before and before != after:
+                # The previous run's image, now untagged: the store does not grow run by run.
+                self.podman("rmi", before, check=False)
             log(f"built {tag} ({variable})")
 
     def up(self) -> None:
