@@ -91,7 +91,7 @@ test: setup lint test-python test-chaos test-frontend test-browser
 # podman-compose from requirements.lock.
 test-deploy: setup
 	@missing=""; \
-	for tool in podman:podman runc:runc debootstrap:debootstrap mosquitto_sub:mosquitto-clients; do \
+	for tool in podman:podman runc:runc debootstrap:debootstrap mosquitto_sub:mosquitto-clients curl:curl openssl:openssl; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing$$missing (for the deployment test)"; \

@@ -2,9 +2,10 @@
 
 Builds the three images (from a local Debian base when no registry is reachable), brings the
 compose file up under its own project name and network, runs the seed's acceptance steps 1-8
-(/work/shared/seed or SEED_SCRIPT) as the seed writes them, with `docker` being Podman (a shim
-first on PATH), connects a device over TLS from this host with the deployment's CA, backs the
-database up with deploy/backup.sh and restores it into a fresh iot-postgres, checks the
+(../shared/seed beside the checkout, else the copy in tests/deploy) as the seed writes them,
+with `docker` being Podman (a shim first on PATH), connects a device over TLS from this host
+with the deployment's CA, backs the database up with deploy/backup.sh and restores it into a
+fresh iot-postgres, checks the
 start-up errors (one line, non-zero exit), and tears everything down: no container, volume
 or network of the project is left. The images stay in Podman's store as the next run's cache.
 
@@ -34,8 +35,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+SEED_NAME = "phase-107-verify-device-twin.md"
+# The user's script where it lives beside the checkout (../shared/seed), else the verbatim
+# copy kept here for a clean clone elsewhere; SEED_SCRIPT names another.
 SEED = Path(
-    os.environ.get("SEED_SCRIPT", "/work/shared/seed/phase-107-verify-device-twin.md")
+    os.environ.get("SEED_SCRIPT")
+    or next(
+        (
+            str(candidate)
+            for candidate in (ROOT.parent / "shared" / "seed" / SEED_NAME,)
+            if candidate.exists()
+        ),
+        str(Path(__file__).with_name(SEED_NAME)),
+    )
 ).resolve()
 PROJECT = os.environ.get("DEPLOY_TEST_PROJECT", "iotcloud-deploytest")
 TAG = os.environ.get("DEPLOY_TEST_TAG", "deploytest")
@@ -47,6 +59,7 @@ IMAGES = {
 NAMED = ("iot-postgres", "iot-mosquitto", "ui_iot")
 TENANT, ADMIN = "acme", "admin@acme.example"
 DEVICE = "boiler-1"
+TLS_NAME = "mqtt.deploytest.example"
 INGEST = (f"{PROJECT}_ingest_iot_1", f"{PROJECT}_ingest_iot_2")
 STARTED = time.monotonic()
 
@@ -236,6 +249,11 @@ class Deployment:
                 "PIP_CERT=/run/host-ca.crt",
             ]
         for variable, (tag, containerfile) in IMAGES.items():
+            before = run(
+                ["podman", "image", "inspect", "--format", "{{.Id}}", tag],
+                env=self.env,
+                check=False,
+            ).stdout.strip()
             self.podman(
                 "build",
                 *trust,
@@ -251,6 +269,10 @@ class Deployment:
                 ".",
                 timeout=900,
             )
+            after = self.podman("image", "inspect", "--format", "{{.Id}}", tag).strip()
+            if before and before != after:
+                # The previous run's image, now untagged: the store does not grow run by run.
+                self.podman("rmi", before, check=False)
             log(f"built {tag} ({variable})")
 
     def up(self) -> None:
@@ -267,6 +289,7 @@ class Deployment:
             "IOT_INGEST_BIND=127.0.0.1",
             "IOT_MQTTS_BIND=127.0.0.1",
             f"IOT_INGEST_REPLICAS={len(INGEST)}",
+            f"IOTCLOUD_TLS_NAMES={TLS_NAME},192.0.2.7",
         ]
         self.env_file.write_text("\n".join(lines) + "\n")
         self.compose("up", "-d")
@@ -285,6 +308,14 @@ class Deployment:
         output = self.podman("logs", bootstrap)
         if status != "0" or "admin" not in output:
             raise Failed(f"bootstrap exited {status}: {output}")
+        # The console: its page and the script it loads, from the image's frontend/dist.
+        base_url = f"http://127.0.0.1:{self.ports['IOT_UI_PORT']}"
+        with urllib.request.urlopen(f"{base_url}/", timeout=10) as response:  # noqa: S310
+            page = response.read().decode()
+        assert "<title>IoT Cloud console</title>" in page, page[:300]
+        script = re.search(r'src="(/assets/[^"]+\.js)"', page)
+        assert script, page[:300]
+        assert http_ok(base_url + script.group(1)), script.group(1)
         log(f"compose up: console, device API ready; {output.strip()}")
         migrated = self.compose("run", "--rm", "bootstrap", "iotcloud-start", "migrate")
         assert "applied 0 migration(s)" in migrated, migrated
@@ -443,9 +474,42 @@ class Deployment:
             check=False,
         )
         assert wrong.returncode != 0, "the broker took a wrong token"
+        # Another device's topics: the broker denies the subscription (tenant isolation).
+        foreign = run(
+            [
+                "mosquitto_sub",
+                *base,
+                *login,
+                "-t",
+                f"tenant/{TENANT}/device/other/shadow/desired",
+                "-t",
+                f"tenant/other-tenant/device/{DEVICE}/shadow/desired",
+                "-C",
+                "1",
+                "-W",
+                "5",
+            ],
+            env=self.env,
+            check=False,
+        )
+        # (mosquitto_sub exits 0 then, saying so; no message may arrive)
+        assert "All subscription requests were denied" in foreign.stderr, foreign
+        assert foreign.stdout == "", foreign
+        names = self.podman(
+            "exec",
+            "iot-mosquitto",
+            "openssl",
+            "x509",
+            "-in",
+            "/tls/server.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        )
+        assert f"DNS:{TLS_NAME}" in names and "IP Address:192.0.2.7" in names, names
         log(
-            "TLS device: retained desired v2 received, report v2 applied; anonymous and a "
-            "wrong token refused"
+            "TLS device: retained desired v2 received, report v2 applied; anonymous, a wrong "
+            "token and other devices' topics refused; IOTCLOUD_TLS_NAMES in the certificate"
         )
 
     def logs_clean(self) -> None:
@@ -873,6 +937,7 @@ def main() -> int:
         deployment = Deployment(Path(tmp))
         ok = False
         try:
+            log(f"seed script {SEED}")
             deployment.teardown()  # what an interrupted earlier run left
             deployment.build()
             deployment.up()
