@@ -467,6 +467,24 @@ CREATE TABLE public.fleet_jobs (
     CONSTRAINT fleet_jobs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'done'::text, 'failed'::text])))
 );
 
+CREATE TABLE public.model_revalidations (
+    job_id uuid NOT NULL,
+    tenant_id text NOT NULL,
+    model_id text NOT NULL,
+    desired_schema jsonb NOT NULL,
+    reported_schema jsonb,
+    status text DEFAULT 'running'::text NOT NULL,
+    total bigint NOT NULL,
+    checked bigint DEFAULT 0 NOT NULL,
+    invalid_count bigint DEFAULT 0 NOT NULL,
+    devices jsonb DEFAULT '[]'::jsonb NOT NULL,
+    after_device text DEFAULT ''::text NOT NULL,
+    created_by text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT model_revalidations_status_check CHECK ((status = ANY (ARRAY['running'::text, 'applied'::text, 'refused'::text])))
+);
+
 CREATE TABLE public.retained_cleanup (
     device_id text NOT NULL,
     tenant_id text NOT NULL,
@@ -676,6 +694,9 @@ ALTER TABLE ONLY public.fleet_job_devices
 ALTER TABLE ONLY public.fleet_jobs
     ADD CONSTRAINT fleet_jobs_pkey PRIMARY KEY (job_id);
 
+ALTER TABLE ONLY public.model_revalidations
+    ADD CONSTRAINT model_revalidations_pkey PRIMARY KEY (job_id);
+
 ALTER TABLE ONLY public.retained_cleanup
     ADD CONSTRAINT retained_cleanup_pkey PRIMARY KEY (device_id);
 
@@ -781,6 +802,8 @@ CREATE INDEX idx_twin_events_tenant_seq ON public.twin_events USING btree (tenan
 
 CREATE INDEX idx_twin_events_unsequenced ON public.twin_events USING btree (id) WHERE (seq IS NULL);
 
+CREATE UNIQUE INDEX model_revalidations_one_running ON public.model_revalidations USING btree (tenant_id, model_id) WHERE (status = 'running'::text);
+
 CREATE INDEX twin_history_at ON public.twin_history USING btree (at);
 
 CREATE INDEX twin_history_device ON public.twin_history USING btree (device_id, id);
@@ -875,6 +898,9 @@ ALTER TABLE ONLY public.fleet_job_devices
 
 ALTER TABLE ONLY public.fleet_jobs
     ADD CONSTRAINT fleet_jobs_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.model_revalidations
+    ADD CONSTRAINT model_revalidations_tenant_id_model_id_fkey FOREIGN KEY (tenant_id, model_id) REFERENCES public.device_models(tenant_id, model_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.rollout_devices
     ADD CONSTRAINT rollout_devices_rollout_id_fkey FOREIGN KEY (rollout_id) REFERENCES public.rollouts(rollout_id) ON DELETE CASCADE;

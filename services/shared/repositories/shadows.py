@@ -18,7 +18,8 @@ _NAMED_COLUMNS = """n.device_id, n.tenant_id, n.name, n.desired_state, n.reporte
 _CLASSIC_COLUMNS = """s.device_id, s.tenant_id, '' AS name, s.desired_state, s.reported_state,
        s.desired_metadata, s.reported_metadata, s.desired_version, s.reported_version,
        s.document_version, s.reported_seq, s.shadow_updated_at, NULL::timestamptz AS created_at,
-       s.last_seen, s.connected, s.connected_at, s.disconnected_at, s.rejected, s.rejected_version"""
+       s.last_seen, s.connected, s.connected_at, s.disconnected_at,
+       s.rejected, s.rejected_version"""
 
 
 async def get(
