@@ -284,6 +284,18 @@ def _reachable_by_others(path: Path) -> bool:
     return True
 
 
+def _let_others_through(path: Path, *, stop: Path) -> None:
+    """Let other users traverse (not list) the directories from ``path`` up to ``stop``: the
+    broker's dropped user reads the device trust store (certificates only: the keys beside
+    it stay 0600) while ui_iot keeps adding to it in place."""
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+        if directory == stop:
+            break
+
+
 def find_mosquitto() -> str | None:
     """The mosquitto binary, when installed."""
     return shutil.which("mosquitto") or next(
@@ -406,10 +418,12 @@ class EmbeddedBroker:
             ]
             if self.cert_port and self.device_trust is not None:
                 self.device_trust.mkdir(parents=True, exist_ok=True)
+                if user != "root" and os.geteuid() == 0:
+                    _let_others_through(self.device_trust, stop=self.root.parent)
                 lines += [
                     f"listener {self.cert_port} {self.bind}",
-                    f"certfile {tls.cert}",
-                    f"keyfile {tls.key}",
+                    f"certfile {cert}",
+                    f"keyfile {key}",
                     "require_certificate true",
                     # A hashed directory (shared.device_trust): read at each handshake, so a
                     # tenant CA made while the broker runs is trusted without a restart.
