@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -127,16 +130,38 @@ async def running_stack(settings: Settings, broker: Broker) -> AsyncIterator[Sta
     from ui_iot.app import create_app as create_ui
 
     ui_app, ingest_app = create_ui(settings), create_ingest(settings)
-    async with (
-        ui_app.router.lifespan_context(ui_app),
-        ingest_app.router.lifespan_context(ingest_app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(ui_app), base_url="http://ui") as ui,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(ingest_app), base_url="http://ingest"
-        ) as ingest,
-    ):
-        await ingest_app.state.link.wait_connected(10)
-        yield Stack(settings, broker, ui, ingest, ui_app, ingest_app)
+    watchdog: asyncio.TimerHandle | None = None
+    try:
+        async with (
+            ui_app.router.lifespan_context(ui_app),
+            ingest_app.router.lifespan_context(ingest_app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(ui_app), base_url="http://ui") as ui,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(ingest_app), base_url="http://ingest"
+            ) as ingest,
+        ):
+            await ingest_app.state.link.wait_connected(10)
+            try:
+                yield Stack(settings, broker, ui, ingest, ui_app, ingest_app)
+            finally:
+                # Both services stop within seconds; if not, say what is still waiting.
+                watchdog = asyncio.get_running_loop().call_later(
+                    30, dump_tasks, "the stack has not stopped within 30 s"
+                )
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def dump_tasks(why: str) -> None:
+    """Every asyncio task's stack, on stderr (pytest shows it with the failure)."""
+    out = io.StringIO()
+    print(f"--- {why}: asyncio tasks ---", file=out)
+    for task in asyncio.all_tasks():
+        print(f"{task!r}", file=out)
+        task.print_stack(limit=12, file=out)
+    sys.stderr.write(out.getvalue())
+    sys.stderr.flush()
 
 
 @pytest.fixture
