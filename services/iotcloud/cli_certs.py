@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import db, device_certs, device_trust
 from shared.repositories import tenants
-from shared.services import certificates
+from shared.services import audit, certificates
 from shared.settings import project_home
 
 FILES = ("device.key", "device.pem", "ca.pem")
@@ -40,6 +40,8 @@ def server_ca_pem() -> str | None:
 
 async def issue_files(database_url: str, *, tenant_id: str, device_id: str) -> dict[str, str]:
     """The three files' contents; the certificate is stored (and trusted) before they exist."""
+    from iotcloud.cli import CLI_ACTOR
+
     key_pem, csr_pem = device_certs.new_device_key_and_csr(device_id)
     passphrase = device_trust.ca_passphrase()
     conn = await db.connect(database_url, application_name="iotcloud-cli")
@@ -53,6 +55,14 @@ async def issue_files(database_url: str, *, tenant_id: str, device_id: str) -> d
                 device_id=device_id,
                 csr_pem=csr_pem,
                 passphrase=passphrase,
+            )
+            await audit.record(
+                conn,
+                CLI_ACTOR,
+                "certificate.issue",
+                device_id,
+                {"certificate_id": issued.certificate_id},
+                tenant_id=tenant_id,
             )
     finally:
         await conn.close()

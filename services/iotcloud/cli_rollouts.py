@@ -95,7 +95,7 @@ async def cmd_fleet_rollout(args: argparse.Namespace) -> None:
 
     from iotcloud.cli import CLI_ACTOR, database_url
     from shared.repositories import tenants
-    from shared.services import rollouts
+    from shared.services import audit, rollouts
 
     limits = env_settings.limits()
     stale_after = env_settings.stale_after()
@@ -112,6 +112,14 @@ async def cmd_fleet_rollout(args: argparse.Namespace) -> None:
                 request=request,
                 created_by=CLI_ACTOR,
                 stale_after=stale_after,
+            )
+            await audit.record(
+                conn,
+                CLI_ACTOR,
+                "rollout.create",
+                rollout_id,
+                rollouts.audit_detail(request),
+                tenant_id=args.tenant,
             )
         print(f"rollout {rollout_id}", file=sys.stderr, flush=True)
         console = Console(stderr=True)

@@ -155,3 +155,52 @@ async def test_retention_deletes_old_entries(stack: Stack) -> None:
         )
     assert await audit.purge_expired(pool, retention=timedelta(days=365)) == 1
     assert [entry["action"] for entry in await entries(stack, admin)] == ["auth.sign_in"]
+
+
+async def test_certificates_and_rollouts_are_audited(stack: Stack) -> None:
+    from shared import device_certs
+
+    tenant_id, admin = await stack.tenant("admin")
+    device_id = (await stack.device(admin, device_id=f"c-{tenant_id}"))["device_id"]
+    _key, csr = device_certs.new_device_key_and_csr(device_id)
+    issued = await stack.ui.post(
+        f"/customer/devices/{device_id}/certificates", json={"csr": csr}, headers=admin
+    )
+    assert issued.status_code == 201, issued.text
+    certificate_id = issued.json()["certificate_id"]
+    revoked = await stack.ui.delete(
+        f"/customer/devices/{device_id}/certificates/{certificate_id}", headers=admin
+    )
+    assert revoked.status_code == 204
+    started = await stack.ui.post(
+        "/customer/fleet/rollouts",
+        json={
+            "filter": {},
+            "desired": {"fw": "2"},
+            "stages": [100],
+            "success": {"synced_ratio": 1, "within_s": 600},
+            "on_failure": "pause",
+        },
+        headers=admin,
+    )
+    assert started.status_code == 202, started.text
+    rollout_id = started.json()["rollout_id"]
+    assert (
+        await stack.ui.post(f"/customer/fleet/rollouts/{rollout_id}/abort", headers=admin)
+    ).status_code == 200
+    # A refused change leaves no entry: a second abort of an aborted rollout.
+    again = await stack.ui.post(f"/customer/fleet/rollouts/{rollout_id}/abort", headers=admin)
+
+    log = await entries(stack, admin)
+    actions = [entry["action"] for entry in log if entry["action"].split(".")[0] != "auth"]
+    expected = ["rollout.abort", "rollout.create", "certificate.revoke", "certificate.issue"]
+    if again.status_code == 200:  # aborting twice is harmless, and then recorded twice
+        expected.insert(0, "rollout.abort")
+    assert actions[: len(expected)] == expected
+    by_action = {entry["action"]: entry for entry in log}
+    assert by_action["certificate.issue"]["target"] == device_id
+    assert by_action["certificate.issue"]["detail"] == {"certificate_id": certificate_id}
+    assert by_action["certificate.revoke"]["detail"] == {"certificate_id": certificate_id}
+    assert by_action["rollout.create"]["target"] == rollout_id
+    assert by_action["rollout.create"]["detail"]["keys"] == ["fw"]
+    assert by_action["rollout.create"]["ip"] == "127.0.0.1"

@@ -77,6 +77,16 @@ class RolloutRequest:
     on_failure: str
 
 
+def audit_detail(request: RolloutRequest) -> dict[str, Any]:
+    """What the audit log keeps of a new rollout: where, which keys, how (not the values)."""
+    return {
+        "filter": request.filter_document,
+        "keys": sorted(request.patch),
+        "stages": request.stages,
+        "on_failure": request.on_failure,
+    }
+
+
 def parse_pointer(pointer: Any) -> tuple[str, list[str]]:
     """An RFC 6901 pointer into ``/reported/...`` or ``/desired/...``: the side, the path."""
     if not isinstance(pointer, str) or not pointer.startswith("/"):

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared import device_trust
 from shared.db import transaction
 from shared.errors import Unprocessable
-from shared.services import certificates
+from shared.services import audit, certificates
 from shared.web import StorableJSONRoute
-from ui_iot.deps import Admin, Pool, Viewer
+from ui_iot.deps import Admin, ClientIp, Pool, Viewer
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ async def _trust(pems: tuple[str, ...]) -> None:
 
 @router.post("/{device_id}/certificates", status_code=201, response_model=CertificateIssued)
 async def add_certificate(
-    device_id: str, body: CertificateRequest, who: Admin, pool: Pool
+    device_id: str, body: CertificateRequest, who: Admin, pool: Pool, ip: ClientIp
 ) -> dict[str, Any]:
     if (body.csr is None) == (body.certificate_pem is None):
         raise Unprocessable("give exactly one of 'csr' and 'certificate_pem'")
@@ -72,6 +72,14 @@ async def add_certificate(
                 device_id=device_id,
                 certificate_pem=body.certificate_pem,
             )
+        await audit.record(
+            conn,
+            who,
+            "certificate.issue" if body.csr is not None else "certificate.register",
+            device_id,
+            {"certificate_id": issued.certificate_id},
+            ip,
+        )
     await _trust(issued.trust)
     return issued.as_json()
 
@@ -87,11 +95,14 @@ async def list_certificates(device_id: str, who: Viewer, pool: Pool) -> dict[str
 
 @router.delete("/{device_id}/certificates/{certificate_id}", status_code=204)
 async def revoke_certificate(
-    device_id: str, certificate_id: str, who: Admin, pool: Pool
+    device_id: str, certificate_id: str, who: Admin, pool: Pool, ip: ClientIp
 ) -> Response:
     """The broker cuts the session that used it when the deletion commits (it LISTENs)."""
     async with transaction(pool) as conn:
         await certificates.revoke(
             conn, tenant_id=who.tenant_id, device_id=device_id, certificate_id=certificate_id
+        )
+        await audit.record(
+            conn, who, "certificate.revoke", device_id, {"certificate_id": certificate_id}, ip
         )
     return Response(status_code=204)

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from shared.services import rollouts
+from shared.services import audit, rollouts
 from shared.web import StorableJSONRoute, json_body, json_body_schema
-from ui_iot.deps import AppSettings, Conn, Operator, Viewer
+from ui_iot.deps import AppSettings, ClientIp, Conn, Operator, Viewer
 
 router = APIRouter(
     route_class=StorableJSONRoute, prefix="/customer/fleet/rollouts", tags=["rollouts"]
@@ -55,7 +55,7 @@ _BODY = json_body_schema(
 
 @router.post("", status_code=202, response_model=RolloutQueued, openapi_extra=_BODY)
 async def create_rollout(
-    request: Request, who: Operator, conn: Conn, settings: AppSettings
+    request: Request, who: Operator, conn: Conn, settings: AppSettings, ip: ClientIp
 ) -> dict[str, str]:
     """Start a rollout: its first stage is written at once; poll it for progress."""
     parsed = rollouts.parse_request(await json_body(request), settings.limits)
@@ -66,6 +66,7 @@ async def create_rollout(
         created_by=who.email,
         stale_after=settings.stale_after,
     )
+    await audit.record(conn, who, "rollout.create", rollout_id, rollouts.audit_detail(parsed), ip)
     return {"rollout_id": rollout_id}
 
 
@@ -85,9 +86,15 @@ async def get_rollout(rollout_id: str, who: Viewer, conn: Conn) -> dict[str, Any
 
 @router.post("/{rollout_id}/{action}")
 async def act_on_rollout(
-    rollout_id: str, action: Literal["resume", "pause", "abort"], who: Operator, conn: Conn
+    rollout_id: str,
+    action: Literal["resume", "pause", "abort"],
+    who: Operator,
+    conn: Conn,
+    ip: ClientIp,
 ) -> dict[str, Any]:
     """resume a paused rollout (its stage's gate opens again), pause one, or abort it."""
-    return await rollouts.act(
+    document = await rollouts.act(
         conn, tenant_id=who.tenant_id, rollout_id=rollout_id, action=action, who=who.email
     )
+    await audit.record(conn, who, f"rollout.{action}", rollout_id, {}, ip)
+    return document
