@@ -19,6 +19,7 @@ from ingest_iot.metrics import DESIRED_LAG
 from ingest_iot.publisher import DesiredPublisher
 from ingest_iot.report_batcher import HttpReportBatcher
 from shared import db
+from shared.aio import raise_if_cancelled
 from shared.api_docs import install_docs
 from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, parse_mqtt_url
 from shared.repositories import delivery
@@ -150,5 +151,6 @@ async def _sample_desired_lag(pool: asyncpg.Pool) -> None:
             async with pool.acquire(timeout=2) as conn:
                 DESIRED_LAG.set(await delivery.oldest_unpublished_age(conn))
         except Exception as exc:  # a gauge is never worth stopping the service for
+            raise_if_cancelled()
             log.debug("desired lag not sampled: %r", exc)
         await asyncio.sleep(2)

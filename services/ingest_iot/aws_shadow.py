@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 
 from shared import aws_shadow, db, twin
+from shared.aio import raise_if_cancelled
 from shared.aws_shadow import ShadowError, Snapshot
 from shared.db import Connection
 from shared.errors import DomainError
@@ -123,6 +124,7 @@ class AwsShadowService:
         except db.UNAVAILABLE_ERRORS:
             raise
         except Exception:
+            raise_if_cancelled()
             log.exception("AWS shadow request on %s failed", topic)
             self._reject(prefix, operation, ShadowError(500, "Internal service failure", token))
 

@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 
 from ingest_iot.metrics import REPORT_BATCH, REPORTS
 from shared import db
+from shared.aio import raise_if_cancelled
 from shared.mqtt import BrokerLink, RetryLater
 from shared.services.history import Actor
 from shared.services.models import REPORTED_SCHEMA_VIOLATIONS
@@ -121,6 +122,7 @@ class ReportBridge:
         except db.UNAVAILABLE_ERRORS as exc:
             raise RetryLater(f"database unavailable: {exc!r}") from exc
         except Exception:
+            raise_if_cancelled()
             result = self._dropped(report)
         REPORTS.labels("mqtt", result.outcome).inc()
         if self.link is not None and result.reply is not None:
@@ -141,6 +143,7 @@ class ReportBridge:
         except db.UNAVAILABLE_ERRORS as exc:
             raise RetryLater(f"database unavailable: {exc!r}") from exc
         except Exception:
+            raise_if_cancelled()
             if len(incoming) == 1:
                 results = [self._dropped(incoming[0])]
             else:
@@ -185,6 +188,7 @@ class ReportBridge:
         except db.UNAVAILABLE_ERRORS as exc:
             raise RetryLater(f"database unavailable: {exc!r}") from exc
         except Exception:
+            raise_if_cancelled()
             return self._dropped(report)
         return result
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from shared.aio import raise_if_cancelled
 from shared.repositories import presence
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ async def keep_connected_seen(
         try:
             await refresh_all(pool, older_than=stale_after / 2, batch=batch)
         except Exception as exc:  # the next round tries again
+            raise_if_cancelled()
             log.warning("last_seen refresh of connected devices failed: %r", exc)
         await asyncio.sleep(interval)
 

@@ -27,7 +27,7 @@ import orjson
 from ingest_iot import presence
 from ingest_iot.metrics import DESIRED_LAG, DESIRED_PUBLISHED
 from shared import aws_shadow, db
-from shared.aio import wait_event, within
+from shared.aio import raise_if_cancelled, wait_event, within
 from shared.mqtt import SERVICE_CLIENT_PREFIX, BrokerLink, MqttTarget, backoff_delays
 from shared.repositories import delivery, shadow_outbox
 from shared.repositories import shadows as shadows_repo
@@ -109,6 +109,7 @@ class DesiredPublisher:
             try:
                 await self._lead()
             except Exception as exc:  # the loop outlives every failure; each one starts over
+                raise_if_cancelled()
                 log.warning(
                     "desired publisher lost the database: %r",
                     exc,
@@ -159,6 +160,7 @@ class DesiredPublisher:
                     self._check_broker = False
                 await self._flush()
             except Exception as exc:  # broker went away mid-flush: retry on reconnect
+                raise_if_cancelled()
                 if not isinstance(exc, db.RETRYABLE_ERRORS):
                     log.warning("desired publish interrupted: %r", exc)
                     continue
@@ -232,6 +234,7 @@ class DesiredPublisher:
                     self.filled += len(rows)
                     await asyncio.sleep(0)  # the flush's turn
             except Exception as exc:  # picked up again at the next broker connect
+                raise_if_cancelled()
                 log.warning("background fill of the broker interrupted: %r", exc)
 
     async def _flush(self) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared import db, twin
+from shared.aio import raise_if_cancelled
 from shared.errors import ServiceUnavailable
 from shared.services.history import Actor
 from shared.services.token_reports import TokenReport, TokenReportResult, apply_token_reports
@@ -142,6 +143,7 @@ class HttpReportBatcher:
             _fail(batch, exc)
             return
         except Exception as exc:
+            raise_if_cancelled()
             if len(batch) == 1:
                 _fail(batch, exc)
                 return

@@ -28,3 +28,13 @@ async def within(awaitable: Awaitable[T], timeout: float) -> T:
     """``await awaitable``, raising TimeoutError after ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
         return await awaitable
+
+
+def raise_if_cancelled() -> None:
+    """In an ``except Exception`` of a loop that outlives failures: re-raise a cancellation
+    that a library turned into an ordinary error (aiomqtt waits with ``asyncio.wait_for``,
+    which on 3.11 can lose a cancellation that races its result). Without this the loop
+    carries on, and the shutdown that cancelled it waits forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

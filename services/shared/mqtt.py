@@ -17,7 +17,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
-from shared.aio import wait_event
+from shared.aio import raise_if_cancelled, wait_event
 
 log = logging.getLogger(__name__)
 # aiomqtt warns for every publish beyond ten awaiting their PUBACK; a batch's replies are
@@ -267,6 +267,7 @@ class BrokerLink:
             try:
                 await self._session()
             except Exception as exc:  # the loop outlives every failure; each one reconnects
+                raise_if_cancelled()
                 expected = (aiomqtt.MqttError, RetryLater)
                 if isinstance(exc, ExceptionGroup) and exc.subgroup(expected) is not None:
                     exc = exc.exceptions[0]

@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from shared import db, twin
-from shared.aio import wait_event
+from shared.aio import raise_if_cancelled, wait_event
 from shared.errors import Unprocessable
 from shared.ids import parse_bigint_id
 from shared.mqtt import backoff_delays
@@ -86,6 +86,7 @@ class EventHub:
             except db.RETRYABLE_ERRORS as exc:
                 log.warning("event hub lost the database: %r", exc)
             except Exception:
+                raise_if_cancelled()
                 # A bug must not take the whole app down with this task group: log, retry.
                 log.exception("event hub failed unexpectedly, restarting it")
             await asyncio.sleep(next_delay())

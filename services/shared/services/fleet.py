@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from shared import db, twin
-from shared.aio import wait_event
+from shared.aio import raise_if_cancelled, wait_event
 from shared.db import Connection
 from shared.errors import DomainError, NotFound, Unprocessable, raise_if_refused
 from shared.mqtt import backoff_delays
@@ -301,6 +301,7 @@ class JobRunner:
             except db.RETRYABLE_ERRORS as exc:
                 log.warning("fleet job listener lost the database: %r", exc)
             except Exception:
+                raise_if_cancelled()
                 log.exception("fleet job listener failed unexpectedly, restarting it")
             await asyncio.sleep(next_delay())
 
@@ -317,6 +318,7 @@ class JobRunner:
             except db.RETRYABLE_ERRORS as exc:  # the database away for a while: no traceback
                 log.warning("fleet job retention lost the database; trying again later: %r", exc)
             except Exception:
+                raise_if_cancelled()
                 log.exception("fleet job retention failed; trying again later")
             await asyncio.sleep(_RETENTION_INTERVAL_S)
 
@@ -335,6 +337,7 @@ class JobRunner:
                 log.warning("fleet job step failed, retrying: %r", exc)
                 await asyncio.sleep(next_delay())
             except Exception:
+                raise_if_cancelled()
                 # A bug must not take the whole app down with this task group: log, back off.
                 log.exception("fleet job step failed unexpectedly, retrying")
                 await asyncio.sleep(next_delay())

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from shared.aio import raise_if_cancelled
 from shared.db import Connection
 from shared.services import fleet
 
@@ -76,6 +77,7 @@ async def keep_sampling(
             async with pool.acquire() as conn:
                 await sample_all(conn, stale_after=stale_after, interval=interval)
         except Exception as exc:  # the next slot tries again
+            raise_if_cancelled()
             log.warning("fleet count sample failed: %r", exc)
         now = datetime.now(UTC)
         next_slot = slot(now, interval) + interval

@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 
 from shared import db, twin
-from shared.aio import wait_event
+from shared.aio import raise_if_cancelled, wait_event
 from shared.db import Connection
 from shared.errors import Conflict, DomainError, NotFound, Unprocessable, raise_if_refused
 from shared.mqtt import backoff_delays
@@ -610,6 +610,7 @@ class RolloutRunner:
             except db.RETRYABLE_ERRORS as exc:
                 log.warning("rollout listener lost the database: %r", exc)
             except Exception:
+                raise_if_cancelled()
                 log.exception("rollout listener failed unexpectedly, restarting it")
             await asyncio.sleep(next_delay())
 
@@ -629,6 +630,7 @@ class RolloutRunner:
                 log.warning("rollout step refused: %r", exc)
                 await asyncio.sleep(next_delay())
             except Exception:
+                raise_if_cancelled()
                 log.exception("rollout step failed unexpectedly, retrying")
                 await asyncio.sleep(next_delay())
 

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from shared import db
-from shared.aio import wait_event
+from shared.aio import raise_if_cancelled, wait_event
 from shared.mqtt import backoff_delays
 from shared.repositories import users as users_repo
 from shared.security import Principal, Role
@@ -144,6 +144,7 @@ class UserStates:
             except db.RETRYABLE_ERRORS as exc:
                 log.warning("user-state listener lost the database: %r", exc)
             except Exception:
+                raise_if_cancelled()
                 log.exception("user-state listener failed unexpectedly, restarting it")
             finally:
                 self._listening = False

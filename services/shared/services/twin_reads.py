@@ -21,6 +21,7 @@ from datetime import timedelta
 import asyncpg
 
 from shared import db
+from shared.aio import raise_if_cancelled
 from shared.errors import NotFound, ServiceUnavailable
 from shared.repositories import twin_state
 from shared.services.twins import TwinDocument, twin_document
@@ -93,6 +94,7 @@ class TwinReads:
             _fail(reads, exc)
             return
         except Exception as exc:
+            raise_if_cancelled()
             if len(pairs) == 1:
                 _fail(reads, exc)
                 return
