@@ -121,17 +121,25 @@ async def write(
     desired: tuple[dict[str, Any], dict[str, Any], int] | None = None,
     reported: tuple[dict[str, Any], dict[str, Any], int] | None = None,
     document_version: int,
+    rejected: dict[str, Any] | None = None,
 ) -> None:
     """Store one accepted update of a shadow: each side given as (state, metadata,
-    version), None for a side left as it is, and the document's new version."""
+    version), None for a side left as it is, and the document's new version. ``rejected``
+    (the classic shadow only): a new refusal ``{version, code, message, at}`` (SPEC §11)."""
     d_state, d_meta, d_version = desired if desired is not None else (None, None, None)
     r_state, r_meta, r_version = reported if reported is not None else (None, None, None)
     where = "device_id = $1" if shadow == "" else "device_id = $1 AND name = $9"
     table = "device_state" if shadow == "" else "device_shadows"
     args: list[Any] = [device_id, d_state, d_meta, d_version, r_state, r_meta, r_version]
     args.append(document_version)
+    refusal = ""
     if shadow != "":
         args.append(shadow)
+    else:
+        args.append(rejected)
+        refusal = """rejected = COALESCE($9::jsonb, rejected),
+                rejected_version = COALESCE(($9::jsonb ->> 'version')::bigint, rejected_version),
+                """
     await conn.execute(
         f"""UPDATE {table}
             SET desired_state = COALESCE($2::jsonb, desired_state),
@@ -141,7 +149,7 @@ async def write(
                 reported_metadata = COALESCE($6::jsonb, reported_metadata),
                 reported_version = COALESCE($7::bigint, reported_version),
                 document_version = $8,
-                shadow_updated_at = now()
+                {refusal}shadow_updated_at = now()
             WHERE {where}""",  # noqa: S608 - fixed table and conditions
         *args,
     )
