@@ -279,10 +279,6 @@ class AwsShadowService:
             dict.fromkeys(reported.state) if request.clear_reported else request.reported
         )
         if request.rejected is not None:
-            if shadow:
-                raise _Refused(
-                    ShadowError(400, "A rejection is kept by the classic shadow only", token)
-                )
             reported_patch = reported_patch or {}
         rejected: dict[str, Any] | None = None
         if reported_patch is not None:

@@ -4,6 +4,8 @@ fleet summary and event stream show it, and bad rejections write nothing."""
 
 from __future__ import annotations
 
+import asyncpg
+
 from tests.conftest import Stack
 from tests.integration.test_aws_shadow_topics import _history, aws_device
 from tests.integration.test_fleet_events import all_sequenced, open_stream, served
@@ -87,11 +89,19 @@ async def test_aws_update_rejects_the_current_desired_version(stack: Stack) -> N
         assert (await device.expect("/shadow/update/rejected"))["code"] == 409
         assert await _history(stack, device_id) == before
 
-        # Named shadows keep no rejection (yet): a clear 400, nothing written.
+        # A named shadow that does not exist has no desired version to refuse: 409, and it
+        # is not created.
         await device.request(
             "update", {"state": {"rejected": {"code": 7, "message": "n"}}}, shadow="cfg"
         )
-        assert (await device.expect("/shadow/name/cfg/update/rejected"))["code"] == 400
+        assert (await device.expect("/shadow/name/cfg/update/rejected"))["code"] == 409
+
+        conn = await asyncpg.connect(stack.settings.database_url)
+        try:
+            named = "SELECT count(*) FROM device_shadows WHERE device_id = $1"
+            assert await conn.fetchval(named, device_id) == 0
+        finally:
+            await conn.close()
 
         # Applying the desired version ends the rejection.
         await device.request("update", {"state": {"reported": {"fw": "9.9"}}})

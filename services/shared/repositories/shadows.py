@@ -13,7 +13,7 @@ _NAMED_COLUMNS = """n.device_id, n.tenant_id, n.name, n.desired_state, n.reporte
        n.desired_metadata, n.reported_metadata, n.desired_version, n.reported_version,
        n.document_version, n.reported_seq, n.shadow_updated_at, n.created_at,
        s.last_seen, s.connected, s.connected_at, s.disconnected_at,
-       NULL::jsonb AS rejected, NULL::bigint AS rejected_version"""
+       n.rejected, n.rejected_version"""
 
 _CLASSIC_COLUMNS = """s.device_id, s.tenant_id, '' AS name, s.desired_state, s.reported_state,
        s.desired_metadata, s.reported_metadata, s.desired_version, s.reported_version,
@@ -122,24 +122,20 @@ async def write(
     reported: tuple[dict[str, Any], dict[str, Any], int] | None = None,
     document_version: int,
     rejected: dict[str, Any] | None = None,
+    reported_seq: int | None = None,
 ) -> None:
     """Store one accepted update of a shadow: each side given as (state, metadata,
-    version), None for a side left as it is, and the document's new version. ``rejected``
-    (the classic shadow only): a new refusal ``{version, code, message, at}`` (SPEC §11)."""
+    version), None for a side left as it is, and the document's new version.
+    ``rejected``: a new refusal ``{version, code, message, at}`` (SPEC §11), None to keep
+    the one it has; ``reported_seq``: the applied report's ``seq``, None to keep it."""
     d_state, d_meta, d_version = desired if desired is not None else (None, None, None)
     r_state, r_meta, r_version = reported if reported is not None else (None, None, None)
-    where = "device_id = $1" if shadow == "" else "device_id = $1 AND name = $9"
+    where = "device_id = $1" if shadow == "" else "device_id = $1 AND name = $11"
     table = "device_state" if shadow == "" else "device_shadows"
     args: list[Any] = [device_id, d_state, d_meta, d_version, r_state, r_meta, r_version]
-    args.append(document_version)
-    refusal = ""
+    args += [document_version, rejected, reported_seq]
     if shadow != "":
         args.append(shadow)
-    else:
-        args.append(rejected)
-        refusal = """rejected = COALESCE($9::jsonb, rejected),
-                rejected_version = COALESCE(($9::jsonb ->> 'version')::bigint, rejected_version),
-                """
     await conn.execute(
         f"""UPDATE {table}
             SET desired_state = COALESCE($2::jsonb, desired_state),
@@ -149,7 +145,10 @@ async def write(
                 reported_metadata = COALESCE($6::jsonb, reported_metadata),
                 reported_version = COALESCE($7::bigint, reported_version),
                 document_version = $8,
-                {refusal}shadow_updated_at = now()
+                rejected = COALESCE($9::jsonb, rejected),
+                rejected_version = COALESCE(($9::jsonb ->> 'version')::bigint, rejected_version),
+                reported_seq = COALESCE($10::bigint, reported_seq),
+                shadow_updated_at = now()
             WHERE {where}""",  # noqa: S608 - fixed table and conditions
         *args,
     )
