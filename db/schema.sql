@@ -490,7 +490,8 @@ CREATE TABLE public.model_revalidations (
 CREATE TABLE public.retained_cleanup (
     device_id text NOT NULL,
     tenant_id text NOT NULL,
-    deleted_at timestamp with time zone DEFAULT now() NOT NULL
+    deleted_at timestamp with time zone DEFAULT now() NOT NULL,
+    shadows text[] DEFAULT '{}'::text[] NOT NULL
 );
 
 CREATE TABLE public.rollout_devices (

@@ -41,3 +41,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+
+-- A deleted device's named shadows have retained desired messages too: the publisher clears
+-- `.../shadow/name/{name}/desired` for each name queued here, with the classic message.
+ALTER TABLE retained_cleanup ADD COLUMN shadows text[] NOT NULL DEFAULT '{}';

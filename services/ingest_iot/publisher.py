@@ -96,6 +96,7 @@ class DesiredPublisher:
         self.republished = 0  # sent again after the last broker connect: what it had lost
         self.filled = 0  # sent to fill fresh brokers
         self.recoveries = 0  # broker connects handled
+        self.named_refill = 0  # named shadows queued again for the last fresh broker
 
     def broker_connected(self) -> None:
         """Called on every broker (re)connect: find out what the broker kept."""
@@ -197,6 +198,8 @@ class DesiredPublisher:
         self._epoch = uuid.uuid4().hex
         async with self._pool.acquire() as conn:
             await delivery.start_epoch(conn, self._broker, epoch=self._epoch)
+            # Named shadows' retained desired messages: all of them again, by the flush.
+            self.named_refill = await shadows_repo.republish_all(conn)
         log.info("broker %s has no delivery marker: filling it in the background", self._broker)
         self._resync.set()
         self.recoveries += 1
@@ -248,16 +251,14 @@ class DesiredPublisher:
                 DESIRED_LAG.set(0)
                 return
             if gone:
+                topics = [desired_topic(row["tenant_id"], row["device_id"]) for row in gone]
+                topics += [
+                    named_desired_topic(row["tenant_id"], row["device_id"], name)
+                    for row in gone
+                    for name in row["shadows"]
+                ]
                 await asyncio.gather(
-                    *(
-                        self._link.client.publish(
-                            desired_topic(row["tenant_id"], row["device_id"]),
-                            b"",
-                            qos=1,
-                            retain=True,
-                        )
-                        for row in gone
-                    )
+                    *(self._link.client.publish(topic, b"", qos=1, retain=True) for topic in topics)
                 )
                 async with self._pool.acquire() as conn:
                     await delivery.cleared(conn, [row["device_id"] for row in gone])

@@ -205,3 +205,13 @@ async def mark_published(
         names_,
         versions,
     )
+
+
+async def republish_all(conn: Connection) -> int:
+    """A fresh broker holds no retained message: every named shadow's desired state goes out
+    again (the publisher's next flushes, a batch at a time). How many are queued."""
+    status: str = await conn.execute(
+        "UPDATE device_shadows SET published_version = 0 WHERE published_version > 0"
+    )
+    await conn.execute("SELECT pg_notify('iot_desired', '')")
+    return int(status.split()[-1])
