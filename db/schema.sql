@@ -545,6 +545,7 @@ CREATE TABLE public.shadow_outbox (
     documents jsonb,
     devices text[],
     at timestamp with time zone DEFAULT now() NOT NULL,
+    previous jsonb,
     CONSTRAINT shadow_outbox_check CHECK (((documents IS NULL) = (devices IS NOT NULL)))
 );
 

@@ -45,3 +45,7 @@ END $$;
 -- A deleted device's named shadows have retained desired messages too: the publisher clears
 -- `.../shadow/name/{name}/desired` for each name queued here, with the classic message.
 ALTER TABLE retained_cleanup ADD COLUMN shadows text[] NOT NULL DEFAULT '{}';
+
+-- A bulk job batch's `update/documents` carry each device's real `previous` document: the
+-- AWS form of its classic shadow before the write, by device id (sent, then deleted).
+ALTER TABLE shadow_outbox ADD COLUMN previous jsonb;

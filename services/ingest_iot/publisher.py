@@ -302,7 +302,7 @@ class DesiredPublisher:
             sends = []
             for entry in outbox:
                 if entry["devices"] is not None:
-                    sends.extend(await self._bulk_messages(entry["devices"]))
+                    sends.extend(await self._bulk_messages(entry["devices"], entry["previous"]))
                     continue
                 prefix = aws_prefix(entry["device_id"], entry["shadow"])
                 if entry["delta"] is not None:
@@ -325,10 +325,12 @@ class DesiredPublisher:
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
         return len(rows) + len(outbox)
 
-    async def _bulk_messages(self, device_ids: list[str]) -> list[Any]:
+    async def _bulk_messages(
+        self, device_ids: list[str], previous: dict[str, Any] | None
+    ) -> list[Any]:
         """A bulk job batch's AWS messages: each device's ``update/delta`` and
-        ``update/documents`` as its classic shadow stands now (``previous`` is not kept for
-        a bulk write: null)."""
+        ``update/documents`` as its classic shadow stands now, with ``previous`` as the
+        batch recorded it before its write (null for a batch queued before 020)."""
         client = self._link.client
         async with self._pool.acquire() as conn:
             rows = await shadow_outbox.classic_shadows(conn, device_ids=device_ids)
@@ -341,6 +343,7 @@ class DesiredPublisher:
             if delta is not None:
                 sends.append(client.publish(prefix + "update/delta", orjson.dumps(delta), qos=1))
             documents = aws_shadow.documents_message(None, current, at=at)
+            documents["previous"] = (previous or {}).get(row["device_id"])
             sends.append(
                 client.publish(prefix + "update/documents", orjson.dumps(documents), qos=1)
             )

@@ -262,6 +262,11 @@ def _document(shadow: Snapshot) -> dict[str, JSON]:
     }
 
 
+def document(shadow: Snapshot) -> dict[str, JSON]:
+    """One side of ``update/documents`` (``previous`` or ``current``)."""
+    return _document(shadow)
+
+
 def documents_message(
     previous: Snapshot | None, current: Snapshot | None, *, at: datetime, token: str | None = None
 ) -> dict[str, JSON]:
