@@ -402,6 +402,7 @@ CREATE TABLE public.device_shadows (
     shadow_updated_at timestamp with time zone DEFAULT now() NOT NULL,
     rejected jsonb,
     rejected_version bigint,
+    published_seq bigint DEFAULT 0 NOT NULL,
     CONSTRAINT device_shadows_desired_version_check CHECK ((desired_version >= 0)),
     CONSTRAINT device_shadows_name_check CHECK ((name ~ '^[a-zA-Z0-9:_-]{1,64}$'::text)),
     CONSTRAINT device_shadows_reported_version_check CHECK ((reported_version >= 0))

@@ -49,3 +49,7 @@ ALTER TABLE retained_cleanup ADD COLUMN shadows text[] NOT NULL DEFAULT '{}';
 -- A bulk job batch's `update/documents` carry each device's real `previous` document: the
 -- AWS form of its classic shadow before the write, by device id (sent, then deleted).
 ALTER TABLE shadow_outbox ADD COLUMN previous jsonb;
+
+-- Named desired messages take a publish number from the classic ones' sequence, so a broker
+-- restarted from a store saved at marker `seq` gets back the named ones published after it.
+ALTER TABLE device_shadows ADD COLUMN published_seq bigint NOT NULL DEFAULT 0;

@@ -96,7 +96,7 @@ class DesiredPublisher:
         self.republished = 0  # sent again after the last broker connect: what it had lost
         self.filled = 0  # sent to fill fresh brokers
         self.recoveries = 0  # broker connects handled
-        self.named_refill = 0  # named shadows queued again for the last fresh broker
+        self.named_refill = 0  # named shadows queued again after the last broker connect
 
     def broker_connected(self) -> None:
         """Called on every broker (re)connect: find out what the broker kept."""
@@ -170,7 +170,7 @@ class DesiredPublisher:
         marker = await read_marker(self._link.target)
         async with self._pool.acquire() as conn:
             state = await delivery.broker_state(conn, self._broker)
-        self.republished = 0
+        self.republished = self.named_refill = 0
         if state is not None and marker is not None and marker.get("epoch") == state["epoch"]:
             self._epoch = state["epoch"]
             seq = marker.get("seq")
@@ -186,6 +186,9 @@ class DesiredPublisher:
                     await self._publish(rows)
                 self.republished += len(rows)
                 after = rows[-1]["device_id"]
+            if isinstance(seq, int):
+                async with self._pool.acquire() as conn:
+                    self.named_refill = await shadows_repo.republish_all(conn, after_seq=seq)
             log.info(
                 "broker kept its retained store (epoch %s): %d desired states sent again",
                 self._epoch,
@@ -288,12 +291,13 @@ class DesiredPublisher:
             )
             DESIRED_PUBLISHED.inc(len(rows))
             async with self._pool.acquire() as conn:
-                await shadows_repo.mark_published(
+                seq = await shadows_repo.mark_published(
                     conn,
                     [row["device_id"] for row in rows],
                     [row["name"] for row in rows],
                     [row["desired_version"] for row in rows],
                 )
+            await self._move_marker(seq)
         if outbox and not self._aws_topics:
             async with self._pool.acquire() as conn:  # no AWS topics on this broker
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
@@ -373,8 +377,13 @@ class DesiredPublisher:
             seq = await delivery.mark_published(
                 conn, [row["device_id"] for row in rows], [row["desired_version"] for row in rows]
             )
+        await self._move_marker(seq)
+
+    async def _move_marker(self, seq: int) -> None:
+        """The broker's marker past publish number ``seq``, whose messages it acknowledged
+        (an older marker sent late only makes a restore send more again)."""
         if self._epoch is not None:
-            await client.publish(
+            await self._link.client.publish(
                 DELIVERY_MARKER_TOPIC,
                 orjson.dumps({"epoch": self._epoch, "seq": seq}),
                 qos=1,

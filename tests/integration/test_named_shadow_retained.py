@@ -17,7 +17,7 @@ from shared import db
 from shared.mqtt import SERVICE_CLIENT_PREFIX, parse_mqtt_url
 from shared.repositories import tenants as tenants_repo
 from tests.conftest import Stack
-from tests.integration.test_broker_delivery import publisher
+from tests.integration.test_broker_delivery import publisher, restart
 from tests.support import eventually
 
 
@@ -140,3 +140,35 @@ async def test_deleting_a_device_or_tenant_clears_its_named_retained_messages(
         return await named_retained(stack, tenant_id, 0) == {}
 
     assert await eventually(none_left, timeout=10, interval=0.3)
+
+
+async def test_a_killed_broker_gets_back_the_named_messages_its_last_save_missed(
+    stack: Stack,
+) -> None:
+    tenant_id, admin, ids = await _named_fleet(stack, 2)
+    expected = {f"{d}/{name}": (2 if name == "fw" else 1) for d in ids for name in ("fw", "cfg")}
+
+    async def held(wanted: dict[str, int]) -> Any:
+        async def check() -> bool:
+            return _versions(await named_retained(stack, tenant_id, len(wanted))) == wanted
+
+        return check
+
+    assert await eventually(await held(expected), timeout=10, interval=0.3)
+    await restart(stack)  # saved: every named shadow as expected
+    assert publisher(stack).named_refill == 0
+    patched = await stack.ui.patch(
+        f"/customer/devices/{ids[0]}/shadows/cfg/twin/desired",
+        json={"desired": {"late": True}},
+        headers=admin,
+    )
+    assert patched.status_code == 200
+    # A classic write too, so the broker's marker moves past the named one's publish.
+    await stack.ui.patch(
+        f"/customer/devices/{ids[1]}/twin/desired", json={"desired": {"x": 1}}, headers=admin
+    )
+    later = {**expected, f"{ids[0]}/cfg": 2}
+    assert await eventually(await held(later), timeout=10, interval=0.3)
+    await restart(stack, kill=True)  # within the 5 s autosave: that write is not on disk
+    assert 1 <= publisher(stack).named_refill < len(expected)
+    assert await eventually(await held(later), timeout=10, interval=0.3)

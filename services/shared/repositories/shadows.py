@@ -195,23 +195,34 @@ async def unpublished(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
 
 async def mark_published(
     conn: Connection, device_ids: list[str], names_: list[str], versions: list[int]
-) -> None:
-    await conn.execute(
-        """UPDATE device_shadows n
-           SET published_version = GREATEST(n.published_version, p.version)
-           FROM unnest($1::text[], $2::text[], $3::bigint[]) AS p (device_id, name, version)
-           WHERE n.device_id = p.device_id AND n.name = p.name""",
+) -> int:
+    """Record what went out; returns the publish number given to this batch (from the
+    classic messages' sequence, so the broker's marker covers both)."""
+    seq: int = await conn.fetchval(
+        """WITH s AS (SELECT nextval('desired_publish_seq') AS seq),
+                done AS (
+                    UPDATE device_shadows n
+                    SET published_version = GREATEST(n.published_version, p.version),
+                        published_seq = (SELECT seq FROM s)
+                    FROM unnest($1::text[], $2::text[], $3::bigint[])
+                         AS p (device_id, name, version)
+                    WHERE n.device_id = p.device_id AND n.name = p.name)
+           SELECT seq FROM s""",
         device_ids,
         names_,
         versions,
     )
+    return seq
 
 
-async def republish_all(conn: Connection) -> int:
-    """A fresh broker holds no retained message: every named shadow's desired state goes out
-    again (the publisher's next flushes, a batch at a time). How many are queued."""
+async def republish_all(conn: Connection, *, after_seq: int = -1) -> int:
+    """Named shadows' desired state to send again (the publisher's next flushes, a batch at
+    a time): all of them for a fresh broker, those published after publish number
+    ``after_seq`` for one restored from a store saved then. How many are queued."""
     status: str = await conn.execute(
-        "UPDATE device_shadows SET published_version = 0 WHERE published_version > 0"
+        """UPDATE device_shadows SET published_version = 0
+           WHERE published_version > 0 AND published_seq > $1""",
+        after_seq,
     )
     await conn.execute("SELECT pg_notify('iot_desired', '')")
     return int(status.split()[-1])
