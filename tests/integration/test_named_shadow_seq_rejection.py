@@ -126,6 +126,23 @@ async def test_named_shadow_rejection_over_mqtt_and_aws(stack: Stack) -> None:
         "message": "too big",
         "at": None,
     }
+    summary = await stack.ui.get("/customer/fleet/summary?shadow=fw", headers=admin)
+    assert summary.status_code == 200, summary.text
+    counts = summary.json()
+    assert (counts["total"], counts["rejected"], counts["pending"], counts["synced"]) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    for status, expected in (("rejected", [device_id]), ("pending", []), ("synced", [])):
+        listed = await stack.ui.get(
+            "/customer/devices", params={"shadow": "fw", "sync_status": status}, headers=admin
+        )
+        assert listed.status_code == 200, listed.text
+        assert [item["device_id"] for item in listed.json()["items"]] == expected, status
+    listed = await stack.ui.get("/customer/devices", params={"shadow": "fw"}, headers=admin)
+    assert listed.json()["items"][0]["sync_status"] == "rejected"
     history = (await stack.ui.get(url + "/history", headers=admin)).json()["items"]
     assert history[0]["kind"] == "rejected" and history[0]["patch"]["code"] == 9
     # The classic twin is not rejected, nor the tenant's summary (classic shadows only).
