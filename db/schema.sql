@@ -127,10 +127,10 @@ BEGIN
     END IF;
     IF TG_OP <> 'UPDATE' OR NEW.document_version <> OLD.document_version THEN
         INSERT INTO twin_events (tenant_id, device_id, kind, shadow, desired_version,
-                                 reported_version, last_seen)
+                                 reported_version, last_seen, rejected_version)
         SELECT r.tenant_id, r.device_id, 'shadow', r.name,
                CASE WHEN TG_OP = 'DELETE' THEN -1 ELSE r.desired_version END,
-               r.reported_version, s.last_seen
+               r.reported_version, s.last_seen, r.rejected_version
         FROM device_state s WHERE s.device_id = r.device_id;
         PERFORM pg_notify('iot_twin_event', '');
     END IF;
@@ -400,6 +400,9 @@ CREATE TABLE public.device_shadows (
     reported_seq bigint,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     shadow_updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    rejected jsonb,
+    rejected_version bigint,
+    published_seq bigint DEFAULT 0 NOT NULL,
     CONSTRAINT device_shadows_desired_version_check CHECK ((desired_version >= 0)),
     CONSTRAINT device_shadows_name_check CHECK ((name ~ '^[a-zA-Z0-9:_-]{1,64}$'::text)),
     CONSTRAINT device_shadows_reported_version_check CHECK ((reported_version >= 0))
@@ -488,7 +491,8 @@ CREATE TABLE public.model_revalidations (
 CREATE TABLE public.retained_cleanup (
     device_id text NOT NULL,
     tenant_id text NOT NULL,
-    deleted_at timestamp with time zone DEFAULT now() NOT NULL
+    deleted_at timestamp with time zone DEFAULT now() NOT NULL,
+    shadows text[] DEFAULT '{}'::text[] NOT NULL
 );
 
 CREATE TABLE public.rollout_devices (
@@ -542,6 +546,7 @@ CREATE TABLE public.shadow_outbox (
     documents jsonb,
     devices text[],
     at timestamp with time zone DEFAULT now() NOT NULL,
+    previous jsonb,
     CONSTRAINT shadow_outbox_check CHECK (((documents IS NULL) = (devices IS NOT NULL)))
 );
 

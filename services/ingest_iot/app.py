@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from fastapi import FastAPI
 
-from ingest_iot import routes
+from ingest_iot import routes, routes_named
 from ingest_iot.aws_shadow import AwsShadowService
 from ingest_iot.bridge import ReportBridge
 from ingest_iot.metrics import DESIRED_LAG
@@ -130,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_health(app, ready)
     install_docs(app)
     app.include_router(routes.router)
+    app.include_router(routes_named.router)
     return app
 
 

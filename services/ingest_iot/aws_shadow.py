@@ -280,6 +280,9 @@ class AwsShadowService:
         reported_patch = (
             dict.fromkeys(reported.state) if request.clear_reported else request.reported
         )
+        if request.rejected is not None:
+            reported_patch = reported_patch or {}
+        rejected: dict[str, Any] | None = None
         if reported_patch is not None:
             merged = twin.merge_patch(reported.state, reported_patch)
             applied = desired.version if not twin.compute_delta(desired.state, merged) else None
@@ -287,6 +290,11 @@ class AwsShadowService:
                 reported=reported_patch,
                 version=applied if applied is not None else reported.version,
             )
+            if request.rejected is not None:
+                # SPEC §11: the device refuses the desired version it was sent, the current one.
+                report = twin.Report(
+                    reported=reported_patch, version=desired.version, rejected=request.rejected
+                )
             result = twin.apply_report(
                 reported,
                 desired.version,
@@ -300,6 +308,12 @@ class AwsShadowService:
             assert isinstance(result, twin.Written)
             reported = result.side
             entries.append(result.history)
+            if result.rejected is not None:
+                rejected = {
+                    "version": desired.version,
+                    **result.rejected.as_json(),
+                    "at": at.isoformat(),
+                }
         version = row["document_version"] + 1
         await shadows_repo.write(
             conn,
@@ -312,6 +326,7 @@ class AwsShadowService:
             if reported_patch is not None
             else None,
             document_version=version,
+            rejected=rejected,
         )
         for entry in entries:
             await history.record(

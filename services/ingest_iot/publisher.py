@@ -96,6 +96,7 @@ class DesiredPublisher:
         self.republished = 0  # sent again after the last broker connect: what it had lost
         self.filled = 0  # sent to fill fresh brokers
         self.recoveries = 0  # broker connects handled
+        self.named_refill = 0  # named shadows queued again after the last broker connect
 
     def broker_connected(self) -> None:
         """Called on every broker (re)connect: find out what the broker kept."""
@@ -171,7 +172,7 @@ class DesiredPublisher:
         marker = await read_marker(self._link.target)
         async with self._pool.acquire() as conn:
             state = await delivery.broker_state(conn, self._broker)
-        self.republished = 0
+        self.republished = self.named_refill = 0
         if state is not None and marker is not None and marker.get("epoch") == state["epoch"]:
             self._epoch = state["epoch"]
             seq = marker.get("seq")
@@ -187,6 +188,9 @@ class DesiredPublisher:
                     await self._publish(rows)
                 self.republished += len(rows)
                 after = rows[-1]["device_id"]
+            if isinstance(seq, int):
+                async with self._pool.acquire() as conn:
+                    self.named_refill = await shadows_repo.republish_all(conn, after_seq=seq)
             log.info(
                 "broker kept its retained store (epoch %s): %d desired states sent again",
                 self._epoch,
@@ -199,6 +203,8 @@ class DesiredPublisher:
         self._epoch = uuid.uuid4().hex
         async with self._pool.acquire() as conn:
             await delivery.start_epoch(conn, self._broker, epoch=self._epoch)
+            # Named shadows' retained desired messages: all of them again, by the flush.
+            self.named_refill = await shadows_repo.republish_all(conn)
         log.info("broker %s has no delivery marker: filling it in the background", self._broker)
         self._resync.set()
         self.recoveries += 1
@@ -251,16 +257,14 @@ class DesiredPublisher:
                 DESIRED_LAG.set(0)
                 return
             if gone:
+                topics = [desired_topic(row["tenant_id"], row["device_id"]) for row in gone]
+                topics += [
+                    named_desired_topic(row["tenant_id"], row["device_id"], name)
+                    for row in gone
+                    for name in row["shadows"]
+                ]
                 await asyncio.gather(
-                    *(
-                        self._link.client.publish(
-                            desired_topic(row["tenant_id"], row["device_id"]),
-                            b"",
-                            qos=1,
-                            retain=True,
-                        )
-                        for row in gone
-                    )
+                    *(self._link.client.publish(topic, b"", qos=1, retain=True) for topic in topics)
                 )
                 async with self._pool.acquire() as conn:
                     await delivery.cleared(conn, [row["device_id"] for row in gone])
@@ -290,12 +294,13 @@ class DesiredPublisher:
             )
             DESIRED_PUBLISHED.inc(len(rows))
             async with self._pool.acquire() as conn:
-                await shadows_repo.mark_published(
+                seq = await shadows_repo.mark_published(
                     conn,
                     [row["device_id"] for row in rows],
                     [row["name"] for row in rows],
                     [row["desired_version"] for row in rows],
                 )
+            await self._move_marker(seq)
         if outbox and not self._aws_topics:
             async with self._pool.acquire() as conn:  # no AWS topics on this broker
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
@@ -304,7 +309,7 @@ class DesiredPublisher:
             sends = []
             for entry in outbox:
                 if entry["devices"] is not None:
-                    sends.extend(await self._bulk_messages(entry["devices"]))
+                    sends.extend(await self._bulk_messages(entry["devices"], entry["previous"]))
                     continue
                 prefix = aws_prefix(entry["device_id"], entry["shadow"])
                 if entry["delta"] is not None:
@@ -327,10 +332,12 @@ class DesiredPublisher:
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
         return len(rows) + len(outbox)
 
-    async def _bulk_messages(self, device_ids: list[str]) -> list[Any]:
+    async def _bulk_messages(
+        self, device_ids: list[str], previous: dict[str, Any] | None
+    ) -> list[Any]:
         """A bulk job batch's AWS messages: each device's ``update/delta`` and
-        ``update/documents`` as its classic shadow stands now (``previous`` is not kept for
-        a bulk write: null)."""
+        ``update/documents`` as its classic shadow stands now, with ``previous`` as the
+        batch recorded it before its write (null for a batch queued before 020)."""
         client = self._link.client
         async with self._pool.acquire() as conn:
             rows = await shadow_outbox.classic_shadows(conn, device_ids=device_ids)
@@ -343,6 +350,7 @@ class DesiredPublisher:
             if delta is not None:
                 sends.append(client.publish(prefix + "update/delta", orjson.dumps(delta), qos=1))
             documents = aws_shadow.documents_message(None, current, at=at)
+            documents["previous"] = (previous or {}).get(row["device_id"])
             sends.append(
                 client.publish(prefix + "update/documents", orjson.dumps(documents), qos=1)
             )
@@ -372,8 +380,13 @@ class DesiredPublisher:
             seq = await delivery.mark_published(
                 conn, [row["device_id"] for row in rows], [row["desired_version"] for row in rows]
             )
+        await self._move_marker(seq)
+
+    async def _move_marker(self, seq: int) -> None:
+        """The broker's marker past publish number ``seq``, whose messages it acknowledged
+        (an older marker sent late only makes a restore send more again)."""
         if self._epoch is not None:
-            await client.publish(
+            await self._link.client.publish(
                 DELIVERY_MARKER_TOPIC,
                 orjson.dumps({"epoch": self._epoch, "seq": seq}),
                 qos=1,

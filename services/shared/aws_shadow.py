@@ -22,7 +22,8 @@ from shared import twin
 JSON = Any
 MAX_CLIENT_TOKEN_BYTES = 64
 _TOP_LEVEL = frozenset({"state", "clientToken", "version"})
-_STATE_NODES = frozenset({"desired", "reported"})
+# ``rejected`` (SPEC §11): the device refuses the current desired version.
+_STATE_NODES = frozenset({"desired", "reported", "rejected"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class UpdateRequest:
     client_token: str | None
     clear_desired: bool = False  # "desired": null deletes the whole desired document
     clear_reported: bool = False
+    # ``state.rejected`` (SPEC §11): the device refuses the shadow's current desired version.
+    rejected: twin.Rejection | None = None
 
 
 def epoch(at: datetime) -> int:
@@ -107,6 +110,14 @@ def parse_update(decoded: JSON, limits: twin.Limits) -> UpdateRequest:
     refusal = twin.nul_refusal(state)
     if refusal is not None:
         raise ShadowError(400, "Invalid JSON", token)
+    rejected: twin.Rejection | None = None
+    if state.get("rejected") is not None:
+        if "desired" in state:
+            raise ShadowError(400, "A rejection cannot carry desired state", token)
+        parsed = twin.parse_rejection(state["rejected"])
+        if isinstance(parsed, twin.Refusal):
+            raise ShadowError(400, parsed.message, token)
+        rejected = parsed
     for node in (desired, reported):
         if node is None:
             continue
@@ -126,6 +137,7 @@ def parse_update(decoded: JSON, limits: twin.Limits) -> UpdateRequest:
         client_token=token,
         clear_desired="desired" in state and desired is None,
         clear_reported="reported" in state and reported is None,
+        rejected=rejected,
     )
 
 
@@ -212,6 +224,8 @@ def update_accepted(request: UpdateRequest, after: Snapshot, *, at: datetime) ->
         elif patch is not None:
             state[side] = patch
             metadata[side] = _stamp_patch(patch, stamp)
+    if request.rejected is not None:
+        state["rejected"] = request.rejected.as_json()
     body = {"state": state, "metadata": metadata, "version": after.version, "timestamp": epoch(at)}
     return _with_token(body, request.client_token)
 
@@ -246,6 +260,11 @@ def _document(shadow: Snapshot) -> dict[str, JSON]:
         },
         "version": shadow.version,
     }
+
+
+def document(shadow: Snapshot) -> dict[str, JSON]:
+    """One side of ``update/documents`` (``previous`` or ``current``)."""
+    return _document(shadow)
 
 
 def documents_message(

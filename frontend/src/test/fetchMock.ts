@@ -45,7 +45,7 @@ type SendEvent = (data: Record<string, unknown>, id?: number) => void;
 
 /** A live text/event-stream response for /customer/events; `twin()` sends one twin event,
  * `presence()` one presence event. */
-export function eventStream(): { response: Response; twin: SendEvent; presence: SendEvent } {
+export function eventStream(): { response: Response; twin: SendEvent; presence: SendEvent; shadow: SendEvent } {
   let controller!: ReadableStreamDefaultController<Uint8Array>;
   const body = new ReadableStream<Uint8Array>({
     start(c) {
@@ -62,6 +62,9 @@ export function eventStream(): { response: Response; twin: SendEvent; presence: 
     },
     presence: (data, id = nextId++) => {
       controller.enqueue(encoder.encode(`id: ${id}\nevent: presence\ndata: ${JSON.stringify(data)}\n\n`));
+    },
+    shadow: (data, id = nextId++) => {
+      controller.enqueue(encoder.encode(`id: ${id}\nevent: shadow\ndata: ${JSON.stringify(data)}\n\n`));
     },
   };
 }

@@ -117,7 +117,8 @@ async def oldest_unpublished_age(conn: Connection) -> float:
 
 async def cleanups(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT device_id, tenant_id FROM retained_cleanup ORDER BY device_id LIMIT $1", limit
+        "SELECT device_id, tenant_id, shadows FROM retained_cleanup ORDER BY device_id LIMIT $1",
+        limit,
     )
 
 

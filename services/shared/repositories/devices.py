@@ -150,12 +150,21 @@ async def revoke(conn: Connection, *, tenant_id: str, device_id: str) -> bool:
     )
     if not revoked:
         return False
+    # Its named shadows go too (the device row stays, so no cascade): their retained
+    # desired messages are queued for clearing with the classic one.
+    names = await conn.fetchval(
+        """WITH gone AS (DELETE FROM device_shadows WHERE device_id = $1 RETURNING name)
+           SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM gone""",
+        device_id,
+    )
     await conn.execute("DELETE FROM device_state WHERE device_id = $1", device_id)
     await conn.execute(
-        """INSERT INTO retained_cleanup (device_id, tenant_id) VALUES ($1, $2)
-           ON CONFLICT (device_id) DO NOTHING""",
+        """INSERT INTO retained_cleanup (device_id, tenant_id, shadows) VALUES ($1, $2, $3)
+           ON CONFLICT (device_id) DO UPDATE
+               SET shadows = retained_cleanup.shadows || EXCLUDED.shadows""",
         device_id,
         tenant_id,
+        names,
     )
     return True
 

@@ -266,6 +266,7 @@ async def lock_twins(
     with each device's model and the transaction clock that stamps metadata and history."""
     return await conn.fetch(
         """SELECT s.device_id, s.desired_state, s.desired_metadata, s.desired_version,
+                  s.reported_state, s.reported_metadata, s.document_version,
                   d.model_id, now() AS now
            FROM device_state s JOIN devices d ON d.device_id = s.device_id
            WHERE s.tenant_id = $1 AND s.device_id = ANY($2::text[])

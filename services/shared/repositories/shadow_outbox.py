@@ -29,13 +29,21 @@ async def add(
     )
 
 
-async def add_batch(conn: Connection, *, tenant_id: str, device_ids: list[str]) -> None:
-    """A bulk job's batch of classic desired writes: one row naming its devices."""
+async def add_batch(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    device_ids: list[str],
+    previous: dict[str, Any] | None = None,
+) -> None:
+    """A bulk job's batch of classic desired writes: one row naming its devices, with each
+    one's ``previous`` document (AWS form, by device id)."""
     await conn.execute(
-        """INSERT INTO shadow_outbox (tenant_id, device_id, shadow, devices)
-           VALUES ($1, '', '', $2::text[])""",
+        """INSERT INTO shadow_outbox (tenant_id, device_id, shadow, devices, previous)
+           VALUES ($1, '', '', $2::text[], $3)""",
         tenant_id,
         device_ids,
+        previous,
     )
 
 
@@ -51,7 +59,7 @@ async def classic_shadows(conn: Connection, *, device_ids: list[str]) -> list[as
 
 async def take(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """SELECT id, tenant_id, device_id, shadow, delta, documents, devices
+        """SELECT id, tenant_id, device_id, shadow, delta, documents, devices, previous
            FROM shadow_outbox ORDER BY id LIMIT $1""",
         limit,
     )

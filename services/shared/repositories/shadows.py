@@ -13,7 +13,7 @@ _NAMED_COLUMNS = """n.device_id, n.tenant_id, n.name, n.desired_state, n.reporte
        n.desired_metadata, n.reported_metadata, n.desired_version, n.reported_version,
        n.document_version, n.reported_seq, n.shadow_updated_at, n.created_at,
        s.last_seen, s.connected, s.connected_at, s.disconnected_at,
-       NULL::jsonb AS rejected, NULL::bigint AS rejected_version"""
+       n.rejected, n.rejected_version"""
 
 _CLASSIC_COLUMNS = """s.device_id, s.tenant_id, '' AS name, s.desired_state, s.reported_state,
        s.desired_metadata, s.reported_metadata, s.desired_version, s.reported_version,
@@ -121,15 +121,19 @@ async def write(
     desired: tuple[dict[str, Any], dict[str, Any], int] | None = None,
     reported: tuple[dict[str, Any], dict[str, Any], int] | None = None,
     document_version: int,
+    rejected: dict[str, Any] | None = None,
+    reported_seq: int | None = None,
 ) -> None:
     """Store one accepted update of a shadow: each side given as (state, metadata,
-    version), None for a side left as it is, and the document's new version."""
+    version), None for a side left as it is, and the document's new version.
+    ``rejected``: a new refusal ``{version, code, message, at}`` (SPEC §11), None to keep
+    the one it has; ``reported_seq``: the applied report's ``seq``, None to keep it."""
     d_state, d_meta, d_version = desired if desired is not None else (None, None, None)
     r_state, r_meta, r_version = reported if reported is not None else (None, None, None)
-    where = "device_id = $1" if shadow == "" else "device_id = $1 AND name = $9"
+    where = "device_id = $1" if shadow == "" else "device_id = $1 AND name = $11"
     table = "device_state" if shadow == "" else "device_shadows"
     args: list[Any] = [device_id, d_state, d_meta, d_version, r_state, r_meta, r_version]
-    args.append(document_version)
+    args += [document_version, rejected, reported_seq]
     if shadow != "":
         args.append(shadow)
     await conn.execute(
@@ -141,6 +145,9 @@ async def write(
                 reported_metadata = COALESCE($6::jsonb, reported_metadata),
                 reported_version = COALESCE($7::bigint, reported_version),
                 document_version = $8,
+                rejected = COALESCE($9::jsonb, rejected),
+                rejected_version = COALESCE(($9::jsonb ->> 'version')::bigint, rejected_version),
+                reported_seq = COALESCE($10::bigint, reported_seq),
                 shadow_updated_at = now()
             WHERE {where}""",  # noqa: S608 - fixed table and conditions
         *args,
@@ -188,13 +195,34 @@ async def unpublished(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
 
 async def mark_published(
     conn: Connection, device_ids: list[str], names_: list[str], versions: list[int]
-) -> None:
-    await conn.execute(
-        """UPDATE device_shadows n
-           SET published_version = GREATEST(n.published_version, p.version)
-           FROM unnest($1::text[], $2::text[], $3::bigint[]) AS p (device_id, name, version)
-           WHERE n.device_id = p.device_id AND n.name = p.name""",
+) -> int:
+    """Record what went out; returns the publish number given to this batch (from the
+    classic messages' sequence, so the broker's marker covers both)."""
+    seq: int = await conn.fetchval(
+        """WITH s AS (SELECT nextval('desired_publish_seq') AS seq),
+                done AS (
+                    UPDATE device_shadows n
+                    SET published_version = GREATEST(n.published_version, p.version),
+                        published_seq = (SELECT seq FROM s)
+                    FROM unnest($1::text[], $2::text[], $3::bigint[])
+                         AS p (device_id, name, version)
+                    WHERE n.device_id = p.device_id AND n.name = p.name)
+           SELECT seq FROM s""",
         device_ids,
         names_,
         versions,
     )
+    return seq
+
+
+async def republish_all(conn: Connection, *, after_seq: int = -1) -> int:
+    """Named shadows' desired state to send again (the publisher's next flushes, a batch at
+    a time): all of them for a fresh broker, those published after publish number
+    ``after_seq`` for one restored from a store saved then. How many are queued."""
+    status: str = await conn.execute(
+        """UPDATE device_shadows SET published_version = 0
+           WHERE published_version > 0 AND published_seq > $1""",
+        after_seq,
+    )
+    await conn.execute("SELECT pg_notify('iot_desired', '')")
+    return int(status.split()[-1])

@@ -60,8 +60,10 @@ async def delete(conn: Connection, tenant_id: str) -> None:
     rows' triggers update them. Users go with the tenant (every replica drops their tokens).
     """
     await conn.execute(
-        """INSERT INTO retained_cleanup (device_id, tenant_id)
-           SELECT device_id, tenant_id FROM devices WHERE tenant_id = $1 AND revoked_at IS NULL
+        """INSERT INTO retained_cleanup (device_id, tenant_id, shadows)
+           SELECT d.device_id, d.tenant_id,
+                  ARRAY(SELECT n.name FROM device_shadows n WHERE n.device_id = d.device_id)
+           FROM devices d WHERE d.tenant_id = $1 AND d.revoked_at IS NULL
            ON CONFLICT (device_id) DO NOTHING""",
         tenant_id,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared import twin
+from shared import aws_shadow, twin
 from shared.db import Connection
 from shared.errors import DomainError, refusal_error
 from shared.repositories import fleet as fleet_repo
@@ -59,6 +59,7 @@ async def patch_desired_many(
     }
     schemas: dict[str, twin.ModelSchema | DomainError] = {}
     writes: list[tuple[str, twin.Written]] = []
+    before = {row["device_id"]: row for row in rows}
     for row in rows:
         device_id = row["device_id"]
         model_id: str | None = row["model_id"]
@@ -112,5 +113,12 @@ async def patch_desired_many(
         )
         if actor.type == "user":
             # For devices on the AWS topics (SPEC §9): sent after commit by the publisher.
-            await shadow_outbox.add_batch(conn, tenant_id=tenant_id, device_ids=ids)
+            # Each device's document before this write: update/documents' ``previous``.
+            previous = {
+                device_id: aws_shadow.document(aws_shadow.Snapshot.of(before[device_id]))
+                for device_id in ids
+            }
+            await shadow_outbox.add_batch(
+                conn, tenant_id=tenant_id, device_ids=ids, previous=previous
+            )
     return outcomes

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import orjson
@@ -321,13 +321,19 @@ async def apply_named_report(
             shadow=report.shadow,
             reported=(state.reported, state.metadata, state.reported_version),
             document_version=row["document_version"] + 1,
+            rejected=state.rejected,
+            reported_seq=parsed.seq,
+        )
+        patch, _ = _history_entry(parsed)
+        kind: Literal["reported", "rejected"] = (
+            "rejected" if parsed.rejected is not None else "reported"
         )
         await history_service.record(
             conn,
             tenant_id=report.tenant_id,
             device_id=report.device_id,
             actor=actor,
-            entry=twin.HistoryEntry("reported", parsed.version, parsed.reported, row["now"]),
+            entry=twin.HistoryEntry(kind, parsed.version, patch, row["now"]),
             shadow=report.shadow,
         )
     return result

@@ -10,7 +10,17 @@ from shared.errors import Unprocessable
 from shared.ids import is_device_id, is_shadow_name
 from shared.settings import Settings
 
-_STATUSES = frozenset({"synced", "pending", "stale"})
+_STATUSES = frozenset({"synced", "pending", "stale", "rejected"})
+
+# A named shadow's status, as ``twin.sync_status`` (stale, then rejected, then pending); $4
+# the status asked for, $5 the stale interval.
+_STATUS_SQL = """CASE WHEN s.last_seen IS NULL OR s.last_seen < now() - $5::interval THEN 'stale'
+                      WHEN n.rejected_version IS NOT NULL
+                           AND n.rejected_version > n.reported_version THEN 'rejected'
+                      WHEN twin_awaits_report(n.desired_version, n.reported_version)
+                           THEN 'pending'
+                      ELSE 'synced' END"""
+_REJECTED_SQL = "(n.rejected_version IS NOT NULL AND n.rejected_version > n.reported_version)"
 
 
 async def shadow_summary(
@@ -22,26 +32,30 @@ async def shadow_summary(
     if not is_shadow_name(shadow):
         raise Unprocessable(f"shadow {shadow[:80]!r} is not a shadow name")
     row = await conn.fetchrow(
-        """SELECT count(*) AS total,
+        f"""SELECT count(*) AS total,
                   count(*) FILTER (WHERE s.last_seen IS NULL
                                       OR s.last_seen < now() - $3::interval) AS stale,
                   count(*) FILTER (WHERE s.last_seen >= now() - $3::interval
+                                     AND NOT {_REJECTED_SQL}
                                      AND twin_awaits_report(n.desired_version,
                                                             n.reported_version)) AS pending,
+                  count(*) FILTER (WHERE s.last_seen >= now() - $3::interval
+                                     AND {_REJECTED_SQL}) AS rejected,
                   count(*) FILTER (WHERE s.connected) AS connected
            FROM device_shadows n JOIN device_state s ON s.device_id = n.device_id
-           WHERE n.tenant_id = $1 AND n.name = $2""",
+           WHERE n.tenant_id = $1 AND n.name = $2""",  # noqa: S608 - constant SQL
         tenant_id,
         shadow,
         settings.stale_after,
     )
     assert row is not None
-    total, stale, pending = row["total"], row["stale"], row["pending"]
+    total, stale, pending, rejected = row["total"], row["stale"], row["pending"], row["rejected"]
     return {
         "total": total,
-        "synced": total - stale - pending,
+        "synced": total - stale - pending - rejected,
         "pending": pending,
         "stale": stale,
+        "rejected": rejected,
         "connected": row["connected"],
     }
 
@@ -61,20 +75,19 @@ async def shadow_devices(
     if not is_shadow_name(shadow):
         raise Unprocessable(f"shadow {shadow[:80]!r} is not a shadow name")
     if sync_status is not None and sync_status not in _STATUSES:
-        raise Unprocessable("sync_status must be one of synced, pending, stale")
+        raise Unprocessable("sync_status must be one of synced, pending, stale, rejected")
     if cursor is not None and not is_device_id(cursor):
         raise Unprocessable("cursor is not valid: pass the 'next' of the previous page")
     rows = await conn.fetch(
-        """SELECT n.device_id, d.name, d.tags, n.desired_version, n.reported_version,
-                  s.last_seen
+        f"""SELECT n.device_id, d.name, d.tags, n.desired_version, n.reported_version,
+                  s.last_seen, n.rejected_version
            FROM device_shadows n
            JOIN device_state s ON s.device_id = n.device_id
            JOIN devices d ON d.device_id = n.device_id AND d.revoked_at IS NULL
            WHERE n.tenant_id = $1 AND n.name = $2 AND n.device_id > $3
-             AND ($4::text IS NULL OR twin_has_sync_status($4, n.desired_version,
-                      n.reported_version, s.last_seen, now() - $5::interval))
+             AND ($4::text IS NULL OR {_STATUS_SQL} = $4)
            ORDER BY n.device_id
-           LIMIT $6""",
+           LIMIT $6""",  # noqa: S608 - constant SQL
         tenant_id,
         shadow,
         cursor or "",
@@ -97,6 +110,7 @@ async def shadow_devices(
                     row["reported_version"],
                     row["last_seen"],
                     stale_after=settings.stale_after,
+                    rejected_version=row["rejected_version"],
                 ),
                 "last_seen": row["last_seen"].isoformat() if row["last_seen"] else None,
             }

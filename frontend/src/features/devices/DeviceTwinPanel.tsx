@@ -1,6 +1,7 @@
 import { useCallback, useRef, useState } from 'react';
 import { LIVE_SAFETY_INTERVAL_MS, useLiveEvents } from '../../app/useLiveEvents';
 import { useRefresh } from '../../app/useRefresh';
+import { useShadowEvents } from '../../app/useShadowEvents';
 import { useCan } from '../../app/me';
 import {
   ApiError,
@@ -79,12 +80,15 @@ export function DeviceTwinPanel({ deviceId, pollIntervalMs = 3000, onSaved, shad
   const stream = useLiveEvents((event) => {
     if (event.device_id === deviceId) refresh();
   });
+  // A named shadow's changes come as `event: shadow`.
+  useShadowEvents((event) => {
+    if (shadow !== undefined && event.device_id === deviceId && event.shadow === shadow) refresh();
+  });
   const refresh = useRefresh(
     async (signal) => {
       await loadTwin(signal);
     },
-    // A named shadow's changes are not twin events: its view polls.
-    stream === 'live' && !shadow ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
+    stream === 'live' ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
     [deviceId, shadow],
   );
 

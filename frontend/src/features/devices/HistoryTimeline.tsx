@@ -1,6 +1,7 @@
 import { Fragment, useCallback, useMemo, useRef, useState } from 'react';
 import { LIVE_SAFETY_INTERVAL_MS, useLiveEvents } from '../../app/useLiveEvents';
 import { useRefresh } from '../../app/useRefresh';
+import { useShadowEvents } from '../../app/useShadowEvents';
 import { ApiError, getHistory, type HistoryItem } from '../../services/api/devices';
 import { actorName } from './historyDiff';
 import { changeText, leafChanges, type LeafChange } from './historyChanges';
@@ -147,9 +148,13 @@ export function HistoryTimeline({ deviceId, pollIntervalMs = 3000, refreshToken 
   const stream = useLiveEvents((event) => {
     if (event.device_id === deviceId) refresh();
   });
+  // A named shadow's changes come as `event: shadow`.
+  useShadowEvents((event) => {
+    if (shadow !== undefined && event.device_id === deviceId && event.shadow === shadow) refresh();
+  });
   const refresh = useRefresh(
     loadNewest,
-    stream === 'live' && !shadow ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
+    stream === 'live' ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
     [deviceId, refreshToken, shadow],
   );
 

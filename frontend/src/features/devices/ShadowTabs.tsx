@@ -1,5 +1,7 @@
 import { useState } from 'react';
+import { LIVE_SAFETY_INTERVAL_MS } from '../../app/useLiveEvents';
 import { useRefresh } from '../../app/useRefresh';
+import { useShadowEvents } from '../../app/useShadowEvents';
 import { listShadows } from '../../services/api/devices';
 import { DeviceTwinPanel } from './DeviceTwinPanel';
 import { HistoryTimeline } from './HistoryTimeline';
@@ -7,7 +9,10 @@ import { DeviceValuesChart } from '../charts/DeviceValuesChart';
 
 interface ShadowTabsProps {
   deviceId: string;
-  /** How often to re-read the list of named shadows (a device may create one any time). */
+  /**
+   * How often to re-read the list of named shadows while the event stream is down (while it
+   * is live, a shadow's creation or deletion comes as `event: shadow`).
+   */
   pollIntervalMs?: number;
   /** Called when the device turns out not to exist (deleted meanwhile, or never was). */
   onMissing?: () => void;
@@ -25,7 +30,11 @@ export function ShadowTabs({ deviceId, pollIntervalMs = 10000, onMissing }: Shad
   // Bumped after each accepted save so the timeline re-reads at once, stream or not.
   const [saves, setSaves] = useState(0);
 
-  useRefresh(
+  const stream = useShadowEvents((event) => {
+    // A shadow created or deleted meanwhile: the list of tabs changes.
+    if (event.device_id === deviceId && (event.deleted || !names.includes(event.shadow))) refreshNames();
+  });
+  const refreshNames = useRefresh(
     async (signal) => {
       try {
         const shadows = await listShadows(deviceId, signal);
@@ -34,7 +43,7 @@ export function ShadowTabs({ deviceId, pollIntervalMs = 10000, onMissing }: Shad
         // An older server without named shadows, or a passing failure: the classic tab stays.
       }
     },
-    pollIntervalMs,
+    stream === 'live' ? LIVE_SAFETY_INTERVAL_MS : pollIntervalMs,
     [deviceId],
   );
 

@@ -35,7 +35,51 @@ export interface PresenceEvent {
 /** Every event the console's stream delivers. */
 export type LiveEvent = TwinEvent | PresenceEvent;
 
+/**
+ * A named shadow's change (`event: shadow`, SPEC §9): delivered to its own listeners
+ * (`subscribeShadows`), never as a LiveEvent, so device-level views do not mistake it for
+ * the classic twin's change.
+ */
+export interface ShadowEvent {
+  type: 'shadow';
+  id: string;
+  device_id: string;
+  shadow: string;
+  desired_version: number;
+  reported_version: number;
+  sync_status: SyncStatus;
+  /** The shadow was deleted. */
+  deleted: boolean;
+  at?: string;
+}
+
 type EventListener = (event: LiveEvent) => void;
+type ShadowListener = (event: ShadowEvent) => void;
+
+/** A named shadow's event from an SSE message, or null for anything else. */
+export function toShadowEvent(message: SseMessage): ShadowEvent | null {
+  if (message.type !== 'shadow') return null;
+  let data: unknown;
+  try {
+    data = JSON.parse(message.data);
+  } catch {
+    return null;
+  }
+  if (!data || typeof data !== 'object') return null;
+  const record = data as Record<string, unknown>;
+  if (typeof record.device_id !== 'string' || typeof record.shadow !== 'string') return null;
+  return {
+    type: 'shadow',
+    id: message.lastEventId,
+    device_id: record.device_id,
+    shadow: record.shadow,
+    desired_version: Number(record.desired_version ?? 0),
+    reported_version: Number(record.reported_version ?? 0),
+    sync_status: (record.sync_status as SyncStatus) ?? 'stale',
+    deleted: record.deleted === true,
+    at: typeof record.at === 'string' ? record.at : undefined,
+  };
+}
 type StateListener = (state: StreamState) => void;
 
 /** A twin event from an SSE message, or null for anything else. */
@@ -93,6 +137,7 @@ export function toLiveEvent(message: SseMessage): LiveEvent | null {
 
 export class LiveEvents {
   private readonly listeners = new Set<EventListener>();
+  private readonly shadowListeners = new Set<ShadowListener>();
   private readonly stateListeners = new Set<StateListener>();
   private client: SseClient | null = null;
   private state: StreamState = 'down';
@@ -115,6 +160,16 @@ export class LiveEvents {
     };
   }
 
+  /** Named shadows' changes (`event: shadow`); opens the stream like `subscribe`. */
+  subscribeShadows(listener: ShadowListener): () => void {
+    this.shadowListeners.add(listener);
+    this.ensureOpen();
+    return () => {
+      this.shadowListeners.delete(listener);
+      this.closeIfUnused();
+    };
+  }
+
   subscribeState(listener: StateListener): () => void {
     this.stateListeners.add(listener);
     return () => {
@@ -130,6 +185,11 @@ export class LiveEvents {
       onUnauthorized: clearToken,
       ...this.options,
       onMessage: (message) => {
+        const shadow = toShadowEvent(message);
+        if (shadow) {
+          for (const listener of [...this.shadowListeners]) listener(shadow);
+          return;
+        }
         const event = toLiveEvent(message);
         if (!event) return;
         for (const listener of [...this.listeners]) listener(event);
@@ -141,7 +201,7 @@ export class LiveEvents {
   private closeIfUnused(): void {
     // Let a page that unmounts and the next one that mounts share the connection.
     queueMicrotask(() => {
-      if (this.listeners.size > 0 || !this.client) return;
+      if (this.listeners.size > 0 || this.shadowListeners.size > 0 || !this.client) return;
       this.client.close();
       this.client = null;
       this.setState('down');
