@@ -171,6 +171,7 @@ def summary_calls(
             "pending": pending,
             "stale": 0,
             "connected": 0,
+            "rejected": 0,
         }
 
     async def summary_sql() -> None:

@@ -13,6 +13,17 @@ refuse any desired state setting ``crash``). Then, in one run:
    (the rollout's revert written), and to every one of them reporting it back.
 
     flock /tmp/iotcloud-bench.lock .venv/bin/python bench/rollout.py --devices 5000
+
+With ``--http`` the devices answer over the device HTTP API instead (SPEC §6: ``GET
+/device/v1/shadow``, ``POST /device/v1/shadow/reported``, each request with the device's own
+``X-Provision-Token``), polled in turn by one process over ``--connections`` keep-alive
+connections to ``ingest_iot``: each device polls once per sweep of the fleet rather than
+holding an MQTT connection. That is how 100,000 devices fit this host: a process may hold
+at most ``ulimit -Hn`` (20,000 here) descriptors, Mosquitto included, so 100,000 MQTT
+connections cannot be open at once. The devices apply and report, or refuse, as
+``iotcloud simulate`` does (its ``DeviceState`` and ``RejectRule``).
+
+    flock /tmp/iotcloud-bench.lock .venv/bin/python bench/rollout.py --http --devices 100000
 """
 
 from __future__ import annotations
@@ -25,11 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
 from bench.harness import Scratch, machine, operator_headers, scratch  # noqa: E402
 
+from iotcloud.provisioning import provision_fleet  # noqa: E402
+from iotcloud.simulator import DeviceState, RejectRule  # noqa: E402
 from shared import db  # noqa: E402
 
 TENANT = "bench"
@@ -62,6 +76,111 @@ async def start_simulator(lab: Scratch, devices: int) -> asyncio.subprocess.Proc
             print(f"simulator: {line.strip()}", flush=True)
             return process
     raise RuntimeError("the simulator ended before all its devices connected")
+
+
+class HttpFleet:
+    """Devices answering over HTTP, polled in turn (see the module's docstring)."""
+
+    def __init__(self, url: str, tokens: dict[str, str], connections: int) -> None:
+        self.url = url
+        self.devices = [(DeviceState(device_id), token) for device_id, token in tokens.items()]
+        self.applied = [-1] * len(self.devices)
+        self.connections = connections
+        self.reject = RejectRule.parse("crash")
+        self.polls = self.reports = self.errors = 0
+        self.next = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.tasks = [asyncio.create_task(self.worker()) for _ in range(self.connections)]
+        self.tasks.append(asyncio.create_task(self.progress()))
+
+    async def progress(self, every: float = 60.0) -> None:
+        started, polls = time.monotonic(), 0
+        while True:
+            await asyncio.sleep(every)
+            print(
+                f"  (HTTP devices: {self.polls} polls, {(self.polls - polls) / every:.0f}/s "
+                f"over the last {every:.0f} s; {self.reports} reports, {self.errors} errors; "
+                f"{time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
+            polls = self.polls
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def worker(self) -> None:
+        """One keep-alive connection. Plain HTTP/1.1 on asyncio streams: httpx cost the
+        load generator about 5 ms of CPU per poll here (httpcore looks for sniffio on every
+        request), so it, not the service, set the pace."""
+        url = httpx.URL(self.url)
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while True:
+            index = self.next
+            self.next = (index + 1) % len(self.devices)
+            try:
+                if connection is None:
+                    connection = await asyncio.open_connection(url.host, url.port)
+                await self.poll(connection, index)
+            except (OSError, asyncio.IncompleteReadError, ValueError, KeyError):
+                self.errors += 1
+                if connection is not None:
+                    connection[1].close()
+                connection = None
+                await asyncio.sleep(0.1)
+
+    @staticmethod
+    async def request(
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        method: str,
+        path: str,
+        token: str,
+        body: bytes = b"",
+    ) -> tuple[int, bytes]:
+        reader, writer = connection
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: ingest\r\nX-Provision-Token: {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        return status, await reader.readexactly(length)
+
+    async def poll(
+        self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], index: int
+    ) -> None:
+        device, token = self.devices[index]
+        status, body = await self.request(connection, "GET", "/device/v1/shadow", token)
+        if status != 200:
+            raise ValueError(f"GET /device/v1/shadow: {status}")
+        shadow = orjson.loads(body)
+        self.polls += 1
+        if shadow["version"] != self.applied[index]:
+            self.applied[index] = shadow["version"]
+            if self.reject.refuses(shadow["desired"]):
+                device.new_rejection(shadow["version"], self.reject.key)
+            else:
+                device.version = shadow["version"]
+                device.new_report(shadow["desired"])
+        if device.pending is not None:
+            status, _ = await self.request(
+                connection, "POST", "/device/v1/shadow/reported", token, device.pending
+            )
+            self.reports += 1
+            if status < 500:
+                device.pending = None
+            if 400 <= status < 500:
+                self.applied[index] = -1  # refused as it is: read desired again
 
 
 async def wait_for(check: Any, *, timeout: float, interval: float = 0.1) -> Any:
@@ -124,8 +243,9 @@ async def staged(ui: httpx.AsyncClient) -> tuple[list[dict[str, float]], float]:
                 marks[index].setdefault("start", marks[index - 1]["passed"] if index else 0.0)
                 if stage["written"] + stage["not_written"] >= stage["devices"]:
                     marks[index].setdefault("written", now)
-            if done or index < document["stage"]:
-                marks[index].setdefault("passed", now)
+            if (done or index < document["stage"]) and "passed" not in marks[index]:
+                marks[index]["passed"] = now
+                print(f"  (stage {index + 1} passed {now:.1f} s after the start)", flush=True)
         if done:
             return marks, now
         if document["state"] != "running":
@@ -188,7 +308,7 @@ async def reverting(ui: httpx.AsyncClient, database_url: str) -> dict[str, float
     }
 
 
-async def main(devices: int) -> None:
+async def main(devices: int, http: bool, connections: int) -> None:
     print(machine(), flush=True)
     async with scratch() as lab:
         await lab.tenant(TENANT)
@@ -196,12 +316,29 @@ async def main(devices: int) -> None:
         ui_service.start()
         ingest.start()
         simulator = None
+        fleet = None
         try:
             await ui_service.wait_ready()
             await ingest.wait_ready()
             t0 = time.monotonic()
-            simulator = await start_simulator(lab, devices)
-            print(f"{devices} devices connected in {time.monotonic() - t0:.1f} s", flush=True)
+            if http:
+                ids = [f"ro-{n:06d}" for n in range(1, devices + 1)]
+                tokens = await provision_fleet(lab.database_url, tenant_id=TENANT, device_ids=ids)
+                print(f"{devices} devices provisioned in {time.monotonic() - t0:.1f} s")
+                fleet = HttpFleet(ingest.url, tokens, connections)
+                await fleet.start()
+                t1 = time.monotonic()
+                await wait_for(
+                    lambda: asyncio.sleep(0, fleet.polls >= devices), timeout=3600, interval=1
+                )
+                print(
+                    f"HTTP devices: first sweep of {devices} polls over {connections} "
+                    f"connections in {time.monotonic() - t1:.1f} s",
+                    flush=True,
+                )
+            else:
+                simulator = await start_simulator(lab, devices)
+                print(f"{devices} devices connected in {time.monotonic() - t0:.1f} s", flush=True)
             async with httpx.AsyncClient(
                 base_url=ui_service.url, headers=operator_headers(TENANT), timeout=60
             ) as ui:
@@ -232,7 +369,15 @@ async def main(devices: int) -> None:
                     f"it {revert['revert_reported']:.2f} s after the failure",
                     flush=True,
                 )
+            if fleet is not None:
+                print(
+                    f"HTTP devices: {fleet.polls} polls, {fleet.reports} reports, "
+                    f"{fleet.errors} errors in {time.monotonic() - t0:.0f} s",
+                    flush=True,
+                )
         finally:
+            if fleet is not None:
+                await fleet.stop()
             if simulator is not None and simulator.returncode is None:
                 simulator.terminate()
                 await simulator.wait()
@@ -243,4 +388,9 @@ async def main(devices: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=100_000)
-    asyncio.run(main(parser.parse_args().devices))
+    parser.add_argument(
+        "--http", action="store_true", help="devices over the HTTP device API, polled in turn"
+    )
+    parser.add_argument("--connections", type=int, default=32, help="with --http")
+    args = parser.parse_args()
+    asyncio.run(main(args.devices, args.http, args.connections))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +41,11 @@ _LEADER_LOCK = 0x10_7C_0D_E5
 _BATCH = 500
 _RESYNC_PAGE = 200  # a new write waits for at most one page of a background fill
 _SAFETY_INTERVAL_S = 10.0
+# Publishes in flight at once from one gather. aiomqtt checks each new publish against every
+# pending one (a linear scan, twice), so n at once cost O(n^2): one round of the AWS outbox
+# (up to 500 bulk batches of 500 devices, two messages each) held the event loop for
+# minutes at 100,000 devices, and the device HTTP API with it (docs/benchmarks.md).
+_SENDS_AT_ONCE = 500
 
 
 async def read_marker(target: MqttTarget, *, timeout: float = 2.0) -> dict[str, object] | None:
@@ -306,7 +312,7 @@ class DesiredPublisher:
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
             outbox = []
         if outbox:
-            sends = []
+            sends: list[Coroutine[Any, Any, Any]] = []
             for entry in outbox:
                 if entry["devices"] is not None:
                     sends.extend(await self._bulk_messages(entry["devices"], entry["previous"]))
@@ -327,21 +333,21 @@ class DesiredPublisher:
                         entry["tenant_id"], entry["device_id"], entry["shadow"]
                     )
                     sends.append(client.publish(topic, b"", qos=1, retain=True))
-            await asyncio.gather(*sends)
+            await send_in_chunks(sends)
             async with self._pool.acquire() as conn:
                 await shadow_outbox.sent(conn, [entry["id"] for entry in outbox])
         return len(rows) + len(outbox)
 
     async def _bulk_messages(
         self, device_ids: list[str], previous: dict[str, Any] | None
-    ) -> list[Any]:
+    ) -> list[Coroutine[Any, Any, Any]]:
         """A bulk job batch's AWS messages: each device's ``update/delta`` and
         ``update/documents`` as its classic shadow stands now, with ``previous`` as the
         batch recorded it before its write (null for a batch queued before 020)."""
         client = self._link.client
         async with self._pool.acquire() as conn:
             rows = await shadow_outbox.classic_shadows(conn, device_ids=device_ids)
-        sends: list[Any] = []
+        sends: list[Coroutine[Any, Any, Any]] = []
         for row in rows:
             current = aws_shadow.Snapshot.of(row)
             at = row["shadow_updated_at"]
@@ -392,3 +398,19 @@ class DesiredPublisher:
                 qos=1,
                 retain=True,
             )
+
+
+async def send_in_chunks(
+    sends: list[Coroutine[Any, Any, Any]], *, at_once: int = _SENDS_AT_ONCE
+) -> None:
+    """Await ``sends`` (publish calls not yet started) ``at_once`` at a time, in order. If
+    one fails, those not started are closed (never run) and the error goes up."""
+    started = 0
+    try:
+        while started < len(sends):
+            chunk = sends[started : started + at_once]
+            started += len(chunk)
+            await asyncio.gather(*chunk)
+    finally:
+        for send in sends[started:]:
+            send.close()
