@@ -47,13 +47,15 @@ describe('ModelsPage', () => {
     const calls = mockFetch((call) => {
       if (call.url.startsWith('/customer/models?')) return json(200, { items: [thermostat], next: null });
       if (call.url === '/customer/models/thermostat' && call.method === 'GET') return json(200, { ...thermostat, device_count: 1 });
-      if (call.method === 'PUT') {
-        return json(409, {
-          detail: {
-            message: "1 device(s) of model 'thermostat' invalid",
-            invalid_count: 1,
-            devices: [{ device_id: 'th-1', errors: [{ pointer: '/target', rule: 'type', message: "'hot' is not of type 'number'" }] }],
-          },
+      const job = { job_id: 'j1', model_id: 'thermostat', total: 1, created_by: 'a@b', created_at: '', finished_at: null };
+      if (call.method === 'PUT') return json(202, { ...job, status: 'running', checked: 0, invalid_count: 0, devices: [] });
+      if (call.url === '/customer/models/thermostat/revalidations/j1') {
+        return json(200, {
+          ...job,
+          status: 'refused',
+          checked: 1,
+          invalid_count: 1,
+          devices: [{ device_id: 'th-1', errors: [{ pointer: '/target', rule: 'type', message: "'hot' is not of type 'number'" }] }],
         });
       }
       if (call.method === 'PATCH') {

@@ -1,11 +1,11 @@
 import type { DeviceModel, JsonObject } from './devices';
-import { request } from './client';
+import { ApiError, request } from './client';
 
 export interface DeviceModelWithCount extends DeviceModel {
   device_count: number;
 }
 
-/** A device whose current desired state breaks a changed desired schema (PUT's 409). */
+/** A device whose current desired state breaks a changed desired schema (a refused change). */
 export interface BreakingDevice {
   device_id: string;
   errors: { pointer: string; rule: string; message: string }[];
@@ -28,9 +28,51 @@ export async function createModel(modelId: string, schemas: SchemaInput): Promis
   return body;
 }
 
-export async function replaceModel(modelId: string, schemas: SchemaInput): Promise<DeviceModel> {
-  const { body } = await request<DeviceModel>(modelPath(modelId), { method: 'PUT', json: schemas });
-  return body;
+/** A change of a model's schemas, checked against its devices by a background job (202). */
+export interface Revalidation {
+  job_id: string;
+  model_id: string;
+  status: 'running' | 'applied' | 'refused';
+  total: number;
+  checked: number;
+  invalid_count: number;
+  devices: BreakingDevice[];
+}
+
+const REVALIDATION_POLL_MS = 300;
+const REVALIDATION_WAIT_MS = 120_000;
+
+/**
+ * Change a model's schemas and wait for the check of its devices: the model as changed, or
+ * an ApiError 409 naming the devices whose desired state breaks the new schema (nothing
+ * changed then). `onProgress` sees each reading of the job.
+ */
+export async function replaceModel(
+  modelId: string,
+  schemas: SchemaInput,
+  onProgress?: (job: Revalidation) => void,
+): Promise<DeviceModel> {
+  let { body: job } = await request<Revalidation>(modelPath(modelId), { method: 'PUT', json: schemas });
+  const deadline = Date.now() + REVALIDATION_WAIT_MS;
+  while (job.status === 'running') {
+    onProgress?.(job);
+    if (Date.now() > deadline) {
+      throw new ApiError(0, `The change is still being checked (${job.checked} of ${job.total} devices); look again later.`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, REVALIDATION_POLL_MS));
+    ({ body: job } = await request<Revalidation>(
+      `${modelPath(modelId)}/revalidations/${encodeURIComponent(job.job_id)}`,
+    ));
+  }
+  onProgress?.(job);
+  if (job.status === 'refused') {
+    throw new ApiError(409, `${job.invalid_count} device(s) of model '${modelId}' break the new schema`, {
+      message: `${job.invalid_count} device(s) of model '${modelId}' break the new schema`,
+      invalid_count: job.invalid_count,
+      devices: job.devices,
+    });
+  }
+  return getModel(modelId);
 }
 
 /** The devices a refused schema change names, if the error is that refusal. */
