@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.aws_devices import SDKS, Endpoint, Rejected, ShadowDevice
@@ -83,61 +84,72 @@ async def test_a_revoked_certificate_is_cut_at_once_and_refused_after(
 async def test_get_delta_report_conflict_and_named_shadow(
     cert_stack: CertStack, tmp_path: Path, sdk: str
 ) -> None:
-    env = cert_stack
-    device, device_id, headers = await start(env, tmp_path, sdk)
-    desired_path = f"/customer/devices/{device_id}/twin/desired"
+    device, device_id, headers = await start(cert_stack, tmp_path, sdk)
     try:
-        # The operator's desired state is there at the device's first get.
-        patched = await env.stack.ui.patch(
-            desired_path, json={"desired": {"led": "on", "rate": 5}}, headers=headers
-        )
-        assert patched.status_code == 200, patched.text
-        got = await device.get()
-        assert got["state"]["desired"] == {"led": "on", "rate": 5}
-        assert got["state"]["delta"] == {"led": "on", "rate": 5}
-
-        # Operator changes reach the device as deltas, in order (it was subscribed before
-        # the first one).
-        first = await asyncio.wait_for(device.deltas.get(), 10)
-        assert first["state"] == {"led": "on", "rate": 5}, first
-        patched = await env.stack.ui.patch(
-            desired_path, json={"desired": {"rate": 10}}, headers=headers
-        )
-        assert patched.status_code == 200
-        delta = await asyncio.wait_for(device.deltas.get(), 10)
-        assert delta["state"].get("rate") == 10, delta
-        assert delta["version"] > first["version"]
-
-        # The device applies it and reports: the twin turns synced.
-        updated = await device.update(reported={"led": "on", "rate": 10})
-        assert updated["state"]["reported"] == {"led": "on", "rate": 10}
-        state = await twin(env, headers, device_id)
-        assert state["reported"] == {"led": "on", "rate": 10}
-        assert state["sync_status"] == "synced", state
-        after = await device.get()
-        assert "delta" not in after["state"]
-        assert after["version"] == updated["version"]
-
-        # An update with a stale version is a 409; the device reads the version and retries.
-        with pytest.raises(Rejected) as conflict:
-            await device.update(reported={"firmware": "1.1"}, version=after["version"] - 1)
-        assert conflict.value.code == 409
-        assert (await twin(env, headers, device_id))["reported"].get("firmware") is None
-        current = (await device.get())["version"]
-        retried = await device.update(reported={"firmware": "1.1"}, version=current)
-        assert retried["version"] == current + 1
-
-        # A named shadow: made by its first update, read, deleted, then gone (404).
-        made = await device.update("config", reported={"mode": "eco"})
-        assert made["state"]["reported"] == {"mode": "eco"}
-        named = await device.get("config")
-        assert named["state"]["reported"] == {"mode": "eco"}
-        assert "desired" not in named["state"]
-        # The classic shadow did not change.
-        assert (await twin(env, headers, device_id))["reported"].get("mode") is None
-        await device.delete("config")
-        with pytest.raises(Rejected) as missing:
-            await device.get("config")
-        assert missing.value.code == 404
+        await shadow_flows(device, device_id, cert_stack.stack.ui, headers)
     finally:
         await device.close()
+
+
+async def shadow_flows(
+    device: ShadowDevice, device_id: str, ui: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    """What a fleet moving from AWS relies on, against the operator API at ``ui``."""
+
+    async def twin() -> dict[str, Any]:
+        response = await ui.get(f"/customer/devices/{device_id}/twin", headers=headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    desired_path = f"/customer/devices/{device_id}/twin/desired"
+    # The operator's desired state is there at the device's first get.
+    patched = await ui.patch(
+        desired_path, json={"desired": {"led": "on", "rate": 5}}, headers=headers
+    )
+    assert patched.status_code == 200, patched.text
+    got = await device.get()
+    assert got["state"]["desired"] == {"led": "on", "rate": 5}
+    assert got["state"]["delta"] == {"led": "on", "rate": 5}
+
+    # Operator changes reach the device as deltas, in order (it was subscribed before the
+    # first one).
+    first = await asyncio.wait_for(device.deltas.get(), 10)
+    assert first["state"] == {"led": "on", "rate": 5}, first
+    patched = await ui.patch(desired_path, json={"desired": {"rate": 10}}, headers=headers)
+    assert patched.status_code == 200
+    delta = await asyncio.wait_for(device.deltas.get(), 10)
+    assert delta["state"].get("rate") == 10, delta
+    assert delta["version"] > first["version"]
+
+    # The device applies it and reports: the twin turns synced.
+    updated = await device.update(reported={"led": "on", "rate": 10})
+    assert updated["state"]["reported"] == {"led": "on", "rate": 10}
+    state = await twin()
+    assert state["reported"] == {"led": "on", "rate": 10}
+    assert state["sync_status"] == "synced", state
+    after = await device.get()
+    assert "delta" not in after["state"]
+    assert after["version"] == updated["version"]
+
+    # An update with a stale version is a 409; the device reads the version and retries.
+    with pytest.raises(Rejected) as conflict:
+        await device.update(reported={"firmware": "1.1"}, version=after["version"] - 1)
+    assert conflict.value.code == 409
+    assert (await twin())["reported"].get("firmware") is None
+    current = (await device.get())["version"]
+    retried = await device.update(reported={"firmware": "1.1"}, version=current)
+    assert retried["version"] == current + 1
+
+    # A named shadow: made by its first update, read, deleted, then gone (404).
+    made = await device.update("config", reported={"mode": "eco"})
+    assert made["state"]["reported"] == {"mode": "eco"}
+    named = await device.get("config")
+    assert named["state"]["reported"] == {"mode": "eco"}
+    assert "desired" not in named["state"]
+    # The classic shadow did not change.
+    assert (await twin())["reported"].get("mode") is None
+    await device.delete("config")
+    with pytest.raises(Rejected) as missing:
+        await device.get("config")
+    assert missing.value.code == 404
