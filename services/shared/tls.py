@@ -263,17 +263,11 @@ def _server_current(
     )
 
 
-def _new_ca(
-    identity: HostIdentity,
+def self_signed_ca(
+    name: x509.Name, key: ec.EllipticCurvePrivateKey, *, lifetime: timedelta
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    host = min(identity.names - {"localhost"}, default="localhost")
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iotcloud"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"iotcloud private CA ({host})"[:64]),
-        ]
-    )
+    """A CA certificate for ``key`` under ``name`` that signs only end certificates
+    (``pathlen 0``): the broker's private CA and every tenant's device CA."""
     now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
@@ -282,7 +276,7 @@ def _new_ca(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_LIFETIME)
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -302,6 +296,20 @@ def _new_ca(
         .sign(key, hashes.SHA256())
     )
     return cert, key
+
+
+def _new_ca(
+    identity: HostIdentity,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    host = min(identity.names - {"localhost"}, default="localhost")
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iotcloud"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"iotcloud private CA ({host})"[:64]),
+        ]
+    )
+    return self_signed_ca(name, key, lifetime=CA_LIFETIME)
 
 
 def _new_server_certificate(
